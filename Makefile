@@ -1,0 +1,41 @@
+# The README's two commands: `make figures` (regenerate every table and figure) and `make test`.
+# Both create the pinned virtual environment first when it is missing or stale.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= quick
+JOBS ?= 1
+
+.PHONY: setup test figures results lab bench gpu-check clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+figures: setup
+	$(PY) scripts/study.py figures --profile $(PROFILE)
+
+results: setup
+	$(PY) scripts/study.py results --profile $(PROFILE) --jobs $(JOBS)
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup
+	$(PY) scripts/bench.py
+
+gpu-check: setup
+	bash scripts/gpu_check.sh
+
+clean:
+	rm -rf build figures

@@ -1,0 +1,370 @@
+"""Exemplar-level bilevel optimisation of mnemonics exemplars.
+
+Liu, Su, Liu, Schiele, Sun. *Mnemonics Training: Multi-Class Incremental Learning without
+Forgetting.* CVPR 2020 (arXiv 2002.10211), Sec. 3 ("local bilevel program"):
+
+    repeat M times:
+        Θ' ← Θ                                               # temporary model
+        repeat K times: Θ' ← Θ' − α ∇_Θ' L_CE(Θ'; E)          # trained only on the exemplars E
+        E ← E − β1 ∇_E L_CE(Θ'; D)                          # validated on real data D
+
+The exemplars ``E`` are pixel tensors in the model's (normalised) input space and are the
+optimisation variables; the gradient w.r.t. ``E`` flows back through the K unrolled inner steps.
+Old exemplars, whose real data is gone, are adjusted with the same program by splitting them
+into halves that validate each other (lr β2, :func:`adjust_old_exemplars`).
+
+Everything here is a pure function of tensors: the model passed in is only *read* (its
+parameters and buffers are never written, its train/eval flags are restored on exit).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BilevelSettings",
+    "model_state",
+    "unrolled_outer_loss",
+    "hypergradient",
+    "optimise_exemplars",
+    "adjust_old_exemplars",
+]
+
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+PixelRange = tuple[float | Tensor, float | Tensor]
+
+_BN_MODES = ("eval", "train")
+
+
+@dataclass(frozen=True)
+class BilevelSettings:
+    """Meta-hyperparameters of the local bilevel program (paper Sec. 3; values not recovered).
+
+    inner_steps: K, inner SGD steps of the temporary model on the exemplars.
+    inner_lr: α, inner learning rate.
+    outer_iters: M, outer (exemplar) iterations.
+    outer_lr: β1, learning rate of the new-class exemplars.
+    old_lr: β2, learning rate when adjusting old exemplars.
+    real_batch: real samples (validation data) drawn per outer iteration.
+    first_order: truncate the hypergradient to the last inner step (see
+        :func:`unrolled_outer_loss`).
+    bn_mode: "eval" — BatchNorm normalises with its running statistics; "train" — with batch
+        statistics (running statistics are updated on throw-away clones only).
+    augment: apply the caller's augmentation to each real batch.
+    clip: None — no pixel clamping; a float c >= 0 — after every outer step clamp pixels to
+        [lo − c, hi + c] per channel, (lo, hi) being the valid normalised range passed in as
+        ``pixel_range`` (c = 0 is exactly the valid range; c > 0 allows a slack in normalised units).
+    """
+
+    inner_steps: int
+    inner_lr: float
+    outer_iters: int
+    outer_lr: float
+    old_lr: float
+    real_batch: int
+    first_order: bool = False
+    bn_mode: str = "eval"
+    augment: bool = False
+    clip: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("inner_steps", "outer_iters", "real_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("inner_lr", "outer_lr", "old_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+        if self.bn_mode not in _BN_MODES:
+            raise ValueError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
+        if not isinstance(self.first_order, bool) or not isinstance(self.augment, bool):
+            raise ValueError("first_order and augment must be bool")
+        if self.clip is not None and (
+            isinstance(self.clip, bool)
+            or not isinstance(self.clip, (int, float))
+            or not math.isfinite(self.clip)
+            or self.clip < 0
+        ):
+            raise ValueError(f"clip must be None or a finite float >= 0, got {self.clip!r}")
+
+
+# --------------------------------------------------------------------------- model state
+def model_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Detached views of the model's trainable parameters and of all its buffers.
+
+    Only parameters with ``requires_grad`` are returned: they are what the temporary model Θ'
+    adapts. Frozen ones (e.g. conv weights after weight transfer) are left to the module, so
+    :func:`torch.func.functional_call` uses them as constants.
+    """
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    return params, buffers
+
+
+@contextmanager
+def _bn_mode(model: nn.Module, bn_mode: str) -> Iterator[None]:
+    """Put the model in eval mode except BatchNorm in ``bn_mode``; restore all flags on exit.
+
+    The whole model goes to eval so stochastic layers (dropout) do not make the hypergradient
+    noisy; only BatchNorm's behaviour is a setting.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        if bn_mode == "train":
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+# --------------------------------------------------------------------------- hypergradient
+def unrolled_outer_loss(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    ex_x: Tensor,
+    ex_y: Tensor,
+    real_x: Tensor,
+    real_y: Tensor,
+    settings: BilevelSettings,
+) -> Tensor:
+    """Outer loss L_CE(Θ'_K; real) after K inner SGD steps of Θ' on the exemplars.
+
+    Shapes: ex_x (E, C, H, W), ex_y (E,) int64, real_x (B, C, H, W), real_y (B,) int64.
+    ``params``/``buffers`` as returned by :func:`model_state`; they are not modified (in
+    bn_mode "train" the running statistics are updated on clones).
+
+    Second order (default): Θ'_{k+1} = Θ'_k − α ∇L_CE(Θ'_k; ex) with ``create_graph=True`` at
+    every step, so d loss / d ex_x is the exact hypergradient through all K steps.
+
+    First order (``settings.first_order``): truncated backpropagation through the last inner
+    step only (1-step truncated BPTT, Shaban et al., AISTATS 2019). Steps 1..K−1 are run
+    without a graph and Θ'_{K−1} is treated as a constant; only the last step keeps
+    ``create_graph=True``, so the returned gradient is −α (∂²L_CE(Θ'_{K−1}; ex)/∂ex∂Θ)ᵀ ∇_Θ
+    L_CE(Θ'_K; real). Dropping *all* second-order terms, as first-order MAML does, would make the
+    exemplar gradient identically zero because Θ' is the only path from ex to the outer loss.
+    Consequences: for K = 1 first and second order are identical; for K ≥ 2 they differ, and the
+    graph (memory) no longer grows with K.
+    """
+    k = settings.inner_steps
+    trainable = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    if settings.bn_mode == "train":
+        buffers = {n: b.clone() for n, b in buffers.items()}  # BN writes running stats in place
+    else:
+        buffers = dict(buffers)
+    names = list(trainable)
+    with _bn_mode(model, settings.bn_mode):
+        for step in range(k):
+            # Truncation: all but the last step are cut from the graph in first-order mode.
+            keep_graph = not settings.first_order or step == k - 1
+            if not keep_graph:
+                trainable = {n: p.detach().requires_grad_(True) for n, p in trainable.items()}
+            logits = functional_call(model, (trainable, buffers), (ex_x,))
+            inner = F.cross_entropy(logits, ex_y)
+            grads = torch.autograd.grad(
+                inner, [trainable[n] for n in names], create_graph=keep_graph, allow_unused=True
+            )
+            trainable = {
+                n: p if g is None else p - settings.inner_lr * g
+                for (n, p), g in zip(trainable.items(), grads)
+            }
+        logits = functional_call(model, (trainable, buffers), (real_x,))
+        return F.cross_entropy(logits, real_y)
+
+
+def hypergradient(
+    model: nn.Module,
+    ex_x: Tensor,
+    ex_y: Tensor,
+    real_x: Tensor,
+    real_y: Tensor,
+    settings: BilevelSettings,
+    *,
+    params: Mapping[str, Tensor] | None = None,
+    buffers: Mapping[str, Tensor] | None = None,
+) -> tuple[Tensor, float]:
+    """(d outer loss / d ex_x, outer loss value); the gradient has ex_x's shape (E, C, H, W).
+
+    ``params``/``buffers`` default to :func:`model_state` of ``model``.
+    """
+    if params is None or buffers is None:
+        own_params, own_buffers = model_state(model)
+        params = own_params if params is None else params
+        buffers = own_buffers if buffers is None else buffers
+    ex = ex_x.detach().requires_grad_(True)
+    loss = unrolled_outer_loss(model, params, buffers, ex, ex_y, real_x, real_y, settings)
+    (grad,) = torch.autograd.grad(loss, ex)
+    return grad, float(loss.detach())
+
+
+# --------------------------------------------------------------------------- outer loop
+def _clamp_bounds(
+    pixel_range: PixelRange | None, clip: float | None, like: Tensor
+) -> tuple[Tensor, Tensor] | None:
+    """Per-channel (lo − clip, hi + clip) shaped (1, C, 1, ..., 1) to broadcast over ``like``."""
+    if clip is None:
+        return None
+    if pixel_range is None:
+        raise ValueError("settings.clip is set but no pixel_range=(lo, hi) was given")
+    shape = (1, -1) + (1,) * (like.dim() - 2)
+    lo, hi = (
+        torch.as_tensor(v, dtype=like.dtype, device=like.device).reshape(shape)
+        for v in pixel_range
+    )
+    return lo - clip, hi + clip
+
+
+def _check_inputs(ex_x: Tensor, ex_y: Tensor, real_x: Tensor, real_y: Tensor) -> None:
+    if ex_x.shape[0] != ex_y.shape[0] or real_x.shape[0] != real_y.shape[0]:
+        raise ValueError("x and y must have the same number of rows")
+    if ex_x.shape[1:] != real_x.shape[1:]:
+        raise ValueError(f"exemplar shape {tuple(ex_x.shape[1:])} != real {tuple(real_x.shape[1:])}")
+    if ex_x.shape[0] == 0 or real_x.shape[0] == 0:
+        raise ValueError("need at least one exemplar and one real sample")
+    if not ex_x.is_floating_point():
+        raise ValueError("exemplars must be a float tensor in the normalised input space")
+
+
+def optimise_exemplars(
+    model: nn.Module,
+    ex_x: Tensor,
+    ex_y: Tensor,
+    real_x: Tensor,
+    real_y: Tensor,
+    settings: BilevelSettings,
+    *,
+    generator: torch.Generator,
+    lr: float | None = None,
+    augment: Augment | None = None,
+    pixel_range: PixelRange | None = None,
+    progress: bool = False,
+    callback: Callable[[int, float], None] | None = None,
+) -> Tensor:
+    """Run M outer iterations of the local bilevel program; return new exemplars (E, C, H, W).
+
+    Each iteration draws ``settings.real_batch`` real samples without replacement (all of them
+    if fewer) with ``generator``, optionally augments them (``augment(x, generator)``, required
+    when ``settings.augment``), computes the hypergradient and steps the exemplars.
+    ``lr`` defaults to β1 = ``settings.outer_lr``. ``callback(iteration, outer_loss)`` is called
+    after every hypergradient (the loss is the one *before* that iteration's step).
+    The input tensor and the model are not modified.
+    """
+    _check_inputs(ex_x, ex_y, real_x, real_y)
+    if settings.augment and augment is None:
+        raise ValueError("settings.augment is True but no augment callable was given")
+    step_lr = settings.outer_lr if lr is None else lr
+    if not math.isfinite(step_lr) or step_lr <= 0:
+        raise ValueError(f"lr must be finite and > 0, got {step_lr!r}")
+    bounds = _clamp_bounds(pixel_range, settings.clip, ex_x)
+    params, buffers = model_state(model)
+    ex = ex_x.detach().clone()
+    n_real = real_x.shape[0]
+    iters = range(settings.outer_iters)
+    if progress:
+        from tqdm.auto import tqdm  # imported lazily: only needed for the bar
+
+        iters = tqdm(iters, desc="mnemonics", leave=False)
+    for it in iters:
+        idx = torch.randperm(n_real, generator=generator)[: settings.real_batch]
+        idx = idx.to(real_x.device)
+        batch_x, batch_y = real_x[idx], real_y[idx]
+        if settings.augment:
+            batch_x = augment(batch_x, generator)
+        grad, loss = hypergradient(
+            model, ex, ex_y, batch_x, batch_y, settings, params=params, buffers=buffers
+        )
+        # Plain gradient descent E ← E − β1 ∇_E L, exactly the paper's update (Sec. 3). Adam
+        # would rescale every pixel's step by its own gradient history, so β1 would no longer be
+        # the paper's step size and tiny hypergradients would be amplified to ±lr steps; SGD also
+        # keeps the optimiser stateless, so this loop stays a pure function of its inputs.
+        ex = ex - step_lr * grad
+        if bounds is not None:
+            ex = torch.maximum(torch.minimum(ex, bounds[1]), bounds[0])
+        if callback is not None:
+            callback(it, loss)
+        if progress:
+            iters.set_postfix(loss=f"{loss:.4f}")
+    log.debug("optimised %d exemplars for %d iterations", ex.shape[0], settings.outer_iters)
+    return ex.detach()
+
+
+def _split_halves(y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Indices (A, B, singletons): each class with >= 2 exemplars is split at random in halves."""
+    a, b, single = [], [], []
+    for c in torch.unique(y, sorted=True).tolist():
+        idx = torch.nonzero(y.cpu() == c).flatten()
+        if idx.numel() < 2:
+            single.append(idx)
+            continue
+        idx = idx[torch.randperm(idx.numel(), generator=generator)]
+        half = idx.numel() // 2
+        a.append(idx[:half])
+        b.append(idx[half:])
+    empty = torch.empty(0, dtype=torch.long)
+    return tuple(torch.cat(p) if p else empty for p in (a, b, single))  # type: ignore[return-value]
+
+
+def adjust_old_exemplars(
+    model: nn.Module,
+    old_x: Tensor,
+    old_y: Tensor,
+    settings: BilevelSettings,
+    *,
+    generator: torch.Generator,
+    augment: Augment | None = None,
+    pixel_range: PixelRange | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Adjust old-class exemplars whose real data is gone (paper Sec. 3, lr β2 = settings.old_lr).
+
+    Each class's exemplars are split at random (``generator``) into halves A and B. A is
+    optimised with all classes' B halves as validation data, then B with the *updated* A halves.
+    Returns a new tensor (N, C, H, W) in the input's order; ``augment``/``pixel_range`` as in
+    :func:`optimise_exemplars`.
+
+    A class with a single exemplar is left unchanged: there is no second exemplar of that class
+    to validate it against, and validating it against itself would make the outer loss ask the
+    inner loop to fit exactly the point it is trained on, which carries no information about the
+    lost real distribution. It still serves as (fixed) validation data for the other classes.
+    """
+    a, b, single = _split_halves(old_y, generator)
+    out = old_x.detach().clone()
+    if a.numel() == 0:
+        return out
+    dev = old_x.device
+    a, b, single = a.to(dev), b.to(dev), single.to(dev)
+    kwargs = dict(
+        generator=generator,
+        lr=settings.old_lr,
+        augment=augment,
+        pixel_range=pixel_range,
+        progress=progress,
+    )
+    # Half A validated on B (plus singletons), then B validated on the updated A.
+    val_b = torch.cat([b, single])
+    out[a] = optimise_exemplars(
+        model, out[a], old_y[a], out[val_b], old_y[val_b], settings, **kwargs
+    )
+    val_a = torch.cat([a, single])
+    out[b] = optimise_exemplars(
+        model, out[b], old_y[b], out[val_a], old_y[val_a], settings, **kwargs
+    )
+    return out

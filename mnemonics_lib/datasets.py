@@ -1,0 +1,299 @@
+"""Dataset readers, each from its standard on-disk format, under a data root.
+
+Roots searched, in order: ``$MNEMONICS_DATA`` (if set), ``<project>/data``, and the offline copies
+in ``<project>/../shared/data``. 32x32 sets come back as :class:`ArrayData` (uint8 NHWC arrays held
+in memory, labels in *original* class ids); ImageNet-size sets as :class:`FolderData` (file lists
+read by a worker DataLoader). Class-order remapping happens later, in :mod:`protocol`.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG")
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing or damaged; the message names it, where we looked, and the fix."""
+
+
+@dataclass(frozen=True)
+class ArrayData:
+    """A small-image dataset held in memory. x: (N, H, W, 3) uint8; y: (N,) int64 original ids."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    source: str  # where it was read from, for provenance
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return _channel_stats(self.x_train)[0]
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return _channel_stats(self.x_train)[1]
+
+
+@dataclass(frozen=True)
+class FolderData:
+    """An ImageFolder-style dataset: lists of (path, original class id)."""
+
+    name: str
+    train: tuple[tuple[str, int], ...]
+    test: tuple[tuple[str, int], ...]
+    class_names: tuple[str, ...]
+    source: str
+    subset_rule: str = "all"
+    # ImageNet statistics, the usual normalisation for ResNet-18 on ImageNet
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    key = (x.ctypes.data, x.shape)
+    if key not in _STATS_CACHE:
+        f = x.reshape(-1, 3).astype(np.float64) / 255.0
+        _STATS_CACHE[key] = (tuple(f.mean(0).round(4)), tuple(f.std(0).round(4)))
+    return _STATS_CACHE[key]
+
+
+_STATS_CACHE: dict = {}
+
+
+def data_roots() -> list[Path]:
+    roots = []
+    if os.environ.get("MNEMONICS_DATA"):
+        roots.append(Path(os.environ["MNEMONICS_DATA"]))
+    roots += [PROJECT_ROOT / "data", PROJECT_ROOT.parent / "shared" / "data"]
+    return roots
+
+
+def _find(name: str, candidates: list[str], roots: list[Path] | None, how: str) -> Path:
+    roots = data_roots() if roots is None else roots
+    looked = []
+    for r in roots:
+        for c in candidates:
+            p = r / c
+            looked.append(str(p))
+            if p.exists():
+                return p
+    raise DatasetError(
+        f"dataset {name!r} not found; looked at: {', '.join(looked)}. {how} "
+        f"(or set MNEMONICS_DATA to the folder that holds it)"
+    )
+
+
+def verify_checksums(folder: Path) -> None:
+    """Check every file listed in ``folder/SHA256SUMS``; a mismatch names the file."""
+    sums = folder / "SHA256SUMS"
+    if not sums.exists():
+        return
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, fname = line.split(maxsplit=1)
+        fname = fname.lstrip("*")
+        path = folder / fname
+        if not path.exists():
+            raise DatasetError(f"{path} is listed in {sums} but missing; re-copy the dataset folder")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        if h.hexdigest() != digest:
+            raise DatasetError(
+                f"checksum mismatch for {path}: expected {digest}, got {h.hexdigest()}; the file "
+                f"is damaged or a different version, re-copy it"
+            )
+
+
+# ---------------------------------------------------------------- CIFAR (torchvision layout)
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def _cifar_rows_to_nhwc(rows: np.ndarray) -> np.ndarray:
+    return np.asarray(rows, dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+
+
+def read_cifar_pickles(folder: Path, n_classes: int) -> ArrayData:
+    """torchvision's on-disk CIFAR layout: ``cifar-10-batches-py`` or ``cifar-100-python``."""
+    if n_classes == 100:
+        tr, te = _unpickle(folder / "train"), _unpickle(folder / "test")
+        meta = _unpickle(folder / "meta")
+        names = tuple(n.decode() for n in meta[b"fine_label_names"])
+        xtr, ytr = tr[b"data"], tr[b"fine_labels"]
+        xte, yte = te[b"data"], te[b"fine_labels"]
+    else:
+        batches = [_unpickle(folder / f"data_batch_{i}") for i in range(1, 6)]
+        te = _unpickle(folder / "test_batch")
+        names = tuple(n.decode() for n in _unpickle(folder / "batches.meta")[b"label_names"])
+        xtr = np.concatenate([b[b"data"] for b in batches])
+        ytr = sum((list(b[b"labels"]) for b in batches), [])
+        xte, yte = te[b"data"], te[b"labels"]
+    return ArrayData(
+        name=f"cifar{n_classes}",
+        x_train=_cifar_rows_to_nhwc(xtr), y_train=np.asarray(ytr, dtype=np.int64),
+        x_test=_cifar_rows_to_nhwc(xte), y_test=np.asarray(yte, dtype=np.int64),
+        class_names=names, source=str(folder),
+    )
+
+
+def _download_cifar(n_classes: int, root: Path) -> None:
+    import torchvision  # only when a download is asked for
+
+    cls = torchvision.datasets.CIFAR100 if n_classes == 100 else torchvision.datasets.CIFAR10
+    cls(str(root), train=True, download=True)
+    cls(str(root), train=False, download=True)
+
+
+# ---------------------------------------------------------------- npz copies (offline)
+def read_npz_folder(folder: Path, name: str) -> ArrayData:
+    """The offline ``.npz`` form: ``train*.npz`` (concatenated in name order), ``test.npz``,
+    ``classes.txt``; ``SHA256SUMS`` verified first."""
+    verify_checksums(folder)
+    parts = sorted(folder.glob("train*.npz"))
+    if not parts or not (folder / "test.npz").exists():
+        raise DatasetError(f"{folder} lacks train*.npz or test.npz; re-copy the dataset folder")
+    tr = [np.load(p) for p in parts]
+    te = np.load(folder / "test.npz")
+    names = tuple((folder / "classes.txt").read_text().split())
+    return ArrayData(
+        name=name,
+        x_train=np.concatenate([t["x"] for t in tr]), y_train=np.concatenate([t["y"] for t in tr]).astype(np.int64),
+        x_test=te["x"], y_test=te["y"].astype(np.int64),
+        class_names=names, source=str(folder),
+    )
+
+
+def drop_class(data: ArrayData, class_name: str, name: str) -> ArrayData:
+    """Remove one class and renumber the rest densely, keeping their sorted-name order."""
+    drop = data.class_names.index(class_name)
+    keep_tr, keep_te = data.y_train != drop, data.y_test != drop
+
+    def renumber(y: np.ndarray) -> np.ndarray:
+        return y - (y > drop)
+
+    return ArrayData(
+        name=name,
+        x_train=data.x_train[keep_tr], y_train=renumber(data.y_train[keep_tr]),
+        x_test=data.x_test[keep_te], y_test=renumber(data.y_test[keep_te]),
+        class_names=tuple(n for n in data.class_names if n != class_name),
+        source=data.source + f" (without {class_name})",
+    )
+
+
+# ---------------------------------------------------------------- ImageFolder trees
+def _list_images(folder: Path, classes: list[str]) -> tuple[tuple[str, int], ...]:
+    out = []
+    for i, c in enumerate(classes):
+        d = folder / c
+        if not d.is_dir():
+            raise DatasetError(f"class folder {d} is missing; the tree must hold one folder per class")
+        out += [(str(p), i) for p in sorted(d.iterdir()) if p.suffix in IMG_EXTENSIONS]
+    return tuple(out)
+
+
+def imagenet_subset_wnids(all_wnids: list[str], seed: int = 1993, k: int = 100) -> list[str]:
+    """The seed-1993 ImageNet-Subset rule (paper.md §2): ``np.random.seed(1993)`` then choose
+    ``k`` of the *sorted* wnids without replacement. Returned in the chosen (not sorted) order."""
+    wnids = sorted(all_wnids)
+    idx = np.random.RandomState(seed).choice(len(wnids), k, replace=False)
+    return [wnids[i] for i in idx]
+
+
+def read_image_folder(root: Path, name: str, subset_seed: int | None = None) -> FolderData:
+    """``root/train/<class>/*`` and ``root/val/<class>/*``; with ``subset_seed`` keep the
+    100-class seed rule subset (class ids are positions in the sorted chosen list)."""
+    train_dir, val_dir = root / "train", root / "val"
+    if not train_dir.is_dir() or not val_dir.is_dir():
+        raise DatasetError(f"{root} must contain train/ and val/ class folders (ImageFolder layout)")
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+    rule = "all"
+    if subset_seed is not None:
+        if len(classes) < 100:
+            raise DatasetError(
+                f"{train_dir} holds {len(classes)} class folders; the ImageNet-Subset rule needs the "
+                f"full ImageNet train tree (1000 wnids)"
+            )
+        classes = sorted(imagenet_subset_wnids(classes, subset_seed))
+        rule = f"np.random.seed({subset_seed}); choice(sorted wnids, 100, replace=False)"
+    return FolderData(
+        name=name, train=_list_images(train_dir, classes), test=_list_images(val_dir, classes),
+        class_names=tuple(classes), source=str(root), subset_rule=rule,
+    )
+
+
+# ---------------------------------------------------------------- synthetic
+def make_synthetic(n_classes: int = 20, per_class_train: int = 60, per_class_test: int = 20,
+                   seed: int = 0, size: int = 32) -> ArrayData:
+    """Class-structured 32x32 images a small CNN can learn: each class has two smooth colour
+    templates (modes); a sample is a randomly shifted template plus pixel noise."""
+    rng = np.random.RandomState(seed)
+    coarse = rng.rand(n_classes, 2, 4, 4, 3)
+    templates = coarse.repeat(size // 4, axis=2).repeat(size // 4, axis=3)  # (C, 2, H, W, 3)
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(np.arange(n_classes), n)
+        mode = rng.randint(0, 2, size=len(y))
+        img = templates[y, mode]
+        shift = rng.randint(-3, 4, size=(len(y), 2))
+        img = np.stack([np.roll(im, tuple(s), axis=(0, 1)) for im, s in zip(img, shift)])
+        img = img + 0.12 * rng.randn(*img.shape)
+        return (np.clip(img, 0, 1) * 255).astype(np.uint8), y.astype(np.int64)
+
+    xtr, ytr = sample(per_class_train)
+    xte, yte = sample(per_class_test)
+    return ArrayData("synthetic", xtr, ytr, xte, yte,
+                     tuple(f"class{i:03d}" for i in range(n_classes)), f"synthetic(seed={seed})")
+
+
+# ---------------------------------------------------------------- entry point
+def load_dataset(name: str, *, roots: list[Path] | None = None, download: bool = False,
+                 synthetic_classes: int = 20) -> ArrayData | FolderData:
+    """Load a dataset by name (see :data:`mnemonics_lib.config.DATASETS`)."""
+    key_roots = None if roots is None else tuple(str(r) for r in roots)
+    return _load_cached(name, key_roots, download, synthetic_classes)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, roots_key: tuple[str, ...] | None, download: bool,
+                 synthetic_classes: int) -> ArrayData | FolderData:
+    roots = None if roots_key is None else [Path(r) for r in roots_key]
+    if name == "synthetic":
+        return make_synthetic(synthetic_classes)
+    if name in ("cifar10", "cifar100"):
+        n = int(name[5:])
+        sub = "cifar-100-python" if n == 100 else "cifar-10-batches-py"
+        cands = [sub] + (["cifar10"] if n == 10 else [])
+        if download:
+            _download_cifar(n, (roots or data_roots())[0])
+        p = _find(name, cands, roots,
+                  f"Get it with mnemonics_lib.datasets.load_dataset({name!r}, download=True) when "
+                  f"online, or place torchvision's {sub}/ folder under a data root")
+        return read_npz_folder(p, name) if p.name == "cifar10" else read_cifar_pickles(p, n)
+    if name == "caltech100":
+        p = _find(name, ["caltech101_32"], roots,
+                  "It is the 32x32 Caltech-101 copy (train.npz, test.npz, classes.txt, SHA256SUMS) "
+                  "shipped in ../shared/data/caltech101_32")
+        return drop_class(read_npz_folder(p, "caltech101_32"), "Faces_easy", "caltech100")
+    if name in ("imagenet", "imagenet_subset"):
+        p = _find(name, ["imagenet", "ILSVRC2012"], roots,
+                  "Place the ILSVRC-2012 train/ and val/ class folders (ImageFolder layout) there")
+        return read_image_folder(p, name, subset_seed=1993 if name == "imagenet_subset" else None)
+    raise DatasetError(f"unknown dataset {name!r}")

@@ -1,0 +1,126 @@
+"""The fast input pipeline for 32x32 data: tensors resident on the target device, batched
+augmentation there, no PIL and no per-image Python in the training loop.
+
+The dataset itself is held once as a uint8 NCHW tensor on the device (:class:`DeviceImages`).
+A phase's training set (real images of the new classes plus the exemplar memory, which may hold
+float *mnemonics* pixels) is a float tensor in normalised input space; :func:`augment` applies the
+paper's random crop (padding 4) and horizontal flip to a whole batch at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Normaliser:
+    """Per-channel normalisation; also gives the normalised value of a black pixel (crop padding)."""
+
+    mean: torch.Tensor  # (1, 3, 1, 1)
+    std: torch.Tensor  # (1, 3, 1, 1)
+
+    @classmethod
+    def create(cls, mean: Sequence[float], std: Sequence[float], device: torch.device | str) -> "Normaliser":
+        m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        return cls(m, s)
+
+    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 -> float32 normalised."""
+        return (x_uint8.float().div_(255.0) - self.mean) / self.std
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised float -> [0, 1] float (for display and uint8 rounding)."""
+        return x * self.std + self.mean
+
+    @property
+    def pixel_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised values of pixel 0 and pixel 1, (1, 3, 1, 1) each."""
+        return (-self.mean / self.std, (1 - self.mean) / self.std)
+
+
+class DeviceImages:
+    """A split of a 32x32 dataset as one uint8 (N, 3, H, W) tensor plus int64 labels, on ``device``."""
+
+    def __init__(self, x_nhwc: np.ndarray, y: np.ndarray, device: torch.device | str):
+        self.x = torch.from_numpy(np.ascontiguousarray(x_nhwc)).to(device).permute(0, 3, 1, 2).contiguous()
+        self.y = torch.as_tensor(y, dtype=torch.int64, device=device)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def select(self, classes: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Indices of the images whose label is in ``classes``; (M,) int64."""
+        classes = torch.as_tensor(classes, device=self.y.device)
+        return torch.nonzero(torch.isin(self.y, classes)).flatten()
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad_value: torch.Tensor,
+            padding: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop with zero-pixel padding and random horizontal flip for a whole batch.
+
+    x: (B, C, H, W) float, normalised. pad_value: (1, C, 1, 1), the normalised black pixel, so the
+    result equals torchvision's RandomCrop(H, padding) + RandomHorizontalFlip on the raw image.
+    All randomness comes from ``generator`` (on x's device), so a seed reproduces a batch.
+    """
+    b, c, h, w = x.shape
+    padded = pad_value.to(x.dtype).expand(b, c, h + 2 * padding, w + 2 * padding).clone()
+    padded[:, :, padding:padding + h, padding:padding + w] = x
+    offs = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator, device=x.device)
+    rows = offs[:, 0:1] + torch.arange(h, device=x.device)  # (B, H)
+    cols = offs[:, 1:2] + torch.arange(w, device=x.device)  # (B, W)
+    if flip:
+        do_flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+        cols = torch.where(do_flip[:, None], cols.flip(1), cols)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, device: torch.device | str,
+                  shuffle: bool = True) -> Iterator[torch.Tensor]:
+    """Index batches over ``n`` items; the last batch may be smaller (no data is dropped)."""
+    order = (torch.randperm(n, generator=generator, device=device) if shuffle
+             else torch.arange(n, device=device))
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+# ------------------------------------------------------------------ ImageNet-size data
+def folder_loader(samples: Sequence[tuple[str, int]], label_map: np.ndarray, mean: Sequence[float],
+                  std: Sequence[float], train: bool, batch_size: int, workers: int = 8,
+                  seed: int = 0) -> torch.utils.data.DataLoader:
+    """A worker DataLoader for ImageFolder samples (RandomResizedCrop 224 + flip for training,
+    resize 256 + centre crop 224 for evaluation, as paper.md §2). Labels are remapped here."""
+    from torchvision import transforms
+    from torchvision.datasets.folder import default_loader
+
+    if train:
+        tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                 transforms.ToTensor(), transforms.Normalize(mean, std)])
+    else:
+        tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224),
+                                 transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+    class _Samples(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(samples)
+
+        def __getitem__(self, i: int):
+            path, y = samples[i]
+            return tf(default_loader(path)), int(label_map[y])
+
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.DataLoader(_Samples(), batch_size=batch_size, shuffle=train,
+                                       num_workers=workers, generator=g, pin_memory=True,
+                                       persistent_workers=workers > 0)

@@ -1,0 +1,366 @@
+"""The results ledger: one immutable directory per run, cached by config hash.
+
+Layout: ``<root>/<study>/<run_dir_name(config)>/`` holding
+
+* ``config.json``  the fully resolved config plus ``config_hash``;
+* ``metrics.json`` what ``compute(config)`` returned (``per_phase`` list, matrices, AIA, ...);
+* ``env.json``     provenance: git commit and dirty flag, versions, device, host, timing.
+
+A run directory is built under a ``.tmp-*`` name and renamed into place, so a crash
+never leaves a half-written run under a real name.  A directory that does not
+validate is moved aside (``<name>.corrupt-<UTC time>``), never deleted and never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import re
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "RunConfig",
+    "RunRecord",
+    "MissingRunError",
+    "InvalidRunError",
+    "run_dir_name",
+    "run_or_load",
+    "require_cached",
+    "write_json_atomic",
+    "provenance",
+    "load_results",
+]
+
+logger = logging.getLogger(__name__)
+
+_FILES = ("config.json", "metrics.json", "env.json")
+_TMP_PREFIX = ".tmp-"
+_CORRUPT_MARK = ".corrupt-"
+
+
+class RunConfig(Protocol):
+    """What the ledger needs from a run's config object."""
+
+    dataset: str
+    method: str
+    exemplars: str
+    phases: int
+    seed: int
+    profile: str
+    class_order_seed: int
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def config_hash(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A loaded (or freshly written) run directory."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    env: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+
+class MissingRunError(LookupError):
+    """A run required to be cached is absent or invalid."""
+
+
+class InvalidRunError(ValueError):
+    """A run directory exists but is incomplete, corrupted or belongs to another config."""
+
+
+# --- writing ----------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist renames: the directory entry itself must reach the disk."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path``: temp file in the same folder, fsync, ``os.replace``.
+
+    Readers see the old file or the new one, never a prefix.  NaN is written as
+    ``NaN`` (Python's JSON dialect) so undefined metrics survive a round trip.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_PREFIX}", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def run_dir_name(config: RunConfig) -> str:
+    """Readable, unique directory name; the trailing hash is what identifies the run."""
+    name = (
+        f"{config.dataset}-{config.method}-{config.exemplars}-N{config.phases}"
+        f"-o{config.class_order_seed}-s{config.seed}-{config.profile}-{config.config_hash()}"
+    )
+    # Field values come from user parameters: keep the name one safe path component.
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+# --- provenance -------------------------------------------------------------------
+
+
+def _git(*args: str) -> str | None:
+    """Run git in this package's folder; None when git or the repository is unavailable."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), *args],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def provenance() -> dict[str, Any]:
+    """Where and with what a result was computed: commit, versions, device, host.
+
+    ``git_dirty`` ignores ``results/`` and ``data/``: the study writes there itself,
+    which would otherwise mark every run after the first one dirty.
+    """
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--", ":(top,exclude)results", ":(top,exclude)data")
+    import torch  # local: keeps `import mnemonics_lib.results` light for report-only use
+
+    return {
+        "git_commit": commit.strip() if commit else None,
+        "git_dirty": bool(status.strip()) if status is not None else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+        "torchvision": _version("torchvision"),
+        "cuda": torch.version.cuda,
+        "device": _device_name(),
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+    }
+
+
+# --- reading and validating -------------------------------------------------------
+
+
+def _read_run(path: Path, expected_hash: str | None) -> RunRecord:
+    """Load and validate a run directory; raise InvalidRunError saying what is wrong."""
+    if not path.is_dir():
+        raise InvalidRunError(f"{path} is not a directory")
+    data: dict[str, Any] = {}
+    for fname in _FILES:
+        f = path / fname
+        if not f.is_file():
+            raise InvalidRunError(f"{f} is missing")
+        try:
+            data[fname] = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InvalidRunError(f"{f} is not valid JSON: {e}") from e
+        if not isinstance(data[fname], dict):
+            raise InvalidRunError(f"{f} does not hold a JSON object")
+    config, metrics = data["config.json"], data["metrics.json"]
+    stored = config.get("config_hash")
+    if expected_hash is not None and stored != expected_hash:
+        raise InvalidRunError(f"{path}: config_hash {stored!r} != requested {expected_hash!r}")
+    named_after = isinstance(stored, str) and bool(stored) and path.name.endswith(stored)
+    if expected_hash is None and not named_after:
+        raise InvalidRunError(f"{path}: config_hash {stored!r} does not match the directory name")
+    if not isinstance(metrics.get("per_phase"), list):
+        raise InvalidRunError(f"{path / 'metrics.json'} has no 'per_phase' list")
+    return RunRecord(path=path, config=config, metrics=metrics, env=data["env.json"])
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename an invalid run out of the way, keeping its data for inspection."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}{_CORRUPT_MARK}{stamp}")
+    n = 1
+    while target.exists():  # two failures within a second
+        target = path.with_name(f"{path.name}{_CORRUPT_MARK}{stamp}-{n}")
+        n += 1
+    os.rename(path, target)
+    return target
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _compute_and_write(
+    config: RunConfig, compute: Callable[[RunConfig], dict], final: Path
+) -> RunRecord:
+    """Run ``compute``, then publish config/metrics/env by one directory rename."""
+    started, t0 = _utc_now(), time.perf_counter()
+    metrics = compute(config)
+    wall = time.perf_counter() - t0
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("per_phase"), list):
+        # Refuse to publish a run that the loader would reject on every later call.
+        raise ValueError("compute(config) must return a dict with a 'per_phase' list")
+    env = {**provenance(), "started_utc": started, "ended_utc": _utc_now(), "wall_s": wall}
+    h = config.config_hash()
+    cfg = config.to_dict()
+    if cfg.get("config_hash", h) != h:
+        raise ValueError(f"config.to_dict() holds config_hash {cfg['config_hash']!r} != {h!r}")
+    cfg = {**cfg, "config_hash": h}
+
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=final.parent))
+    for fname, obj in zip(_FILES, (cfg, metrics, env)):
+        write_json_atomic(tmp / fname, obj)
+    if final.exists():
+        # Another process published the same run meanwhile: keep theirs, keep ours aside.
+        logger.warning("%s appeared while computing; leaving this result in %s", final, tmp)
+        return _read_run(final, h)
+    # os.rename of a directory fails on a non-empty target: never overwrites a run.
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    logger.info("wrote run %s (%.1f s)", final, wall)
+    return RunRecord(path=final, config=cfg, metrics=metrics, env=env)
+
+
+def run_or_load(
+    config: RunConfig,
+    compute: Callable[[RunConfig], dict],
+    root: str | os.PathLike[str],
+    *,
+    study: str = "runs",
+) -> RunRecord:
+    """Load ``root/study/<run_dir_name(config)>`` if valid, else ``compute(config)`` and store it.
+
+    ``compute(config) -> metrics`` must return a JSON-able dict with a ``per_phase``
+    list.  An invalid existing directory is moved aside (never loaded, never deleted).
+    """
+    study_dir = Path(root) / study
+    study_dir.mkdir(parents=True, exist_ok=True)
+    final = study_dir / run_dir_name(config)
+    if final.exists():
+        try:
+            record = _read_run(final, config.config_hash())
+        except InvalidRunError as e:
+            aside = _move_aside(final)
+            logger.warning("invalid run directory (%s); moved to %s, recomputing", e, aside)
+        else:
+            logger.info("loaded cached run %s", final)
+            return record
+    return _compute_and_write(config, compute, final)
+
+
+def require_cached(
+    config: RunConfig, root: str | os.PathLike[str], *, study: str = "runs"
+) -> RunRecord:
+    """Load a cached run or raise :class:`MissingRunError`: no surprise multi-hour job."""
+    path = Path(root) / study / run_dir_name(config)
+    h = config.config_hash()
+    if not path.exists():
+        reason = "does not exist"
+    else:
+        try:
+            return _read_run(path, h)
+        except InvalidRunError as e:
+            reason = f"is invalid ({e})"
+    raise MissingRunError(
+        f"no cached run for config {h}: {path} {reason}. "
+        f"Fix: run `make results PROFILE={config.profile}` to compute it."
+    )
+
+
+# --- tidy table -------------------------------------------------------------------
+
+_CONFIG_COLS = ("dataset", "method", "exemplars", "phases", "seed", "class_order_seed",
+                "profile", "memory_mode", "memory_per_class")
+_RUN_COLS = ("aia_cnn", "aia_nme", "forgetting_cnn", "last_cnn")
+COLUMNS = ("run_id", "config_hash", *_CONFIG_COLS, "phase", "n_classes", "acc_cnn", "acc_nme",
+           "acc_upper", *_RUN_COLS, "device", "commit")
+
+
+def _num(value: Any) -> float:
+    """Optional metric -> float, nan when absent or null."""
+    return math.nan if value is None else float(value)
+
+
+def _rows(rec: RunRecord) -> list[dict[str, Any]]:
+    cfg, m = rec.config, rec.metrics
+    run = {"run_id": rec.run_id, "config_hash": cfg["config_hash"]}
+    run.update({k: cfg.get(k) for k in _CONFIG_COLS})
+    run.update({k: _num(m.get(k)) for k in _RUN_COLS})
+    run.update(device=rec.env.get("device"), commit=rec.env.get("git_commit"))
+    return [
+        {**run, "phase": int(p["phase"]), "n_classes": int(p["n_classes"]),
+         **{k: _num(p.get(k)) for k in ("acc_cnn", "acc_nme", "acc_upper")}}
+        for p in m["per_phase"]
+    ]
+
+
+def load_results(root: str | os.PathLike[str], study: str = "runs") -> pd.DataFrame:
+    """Tidy table of every valid run under ``root/study``: one row per (run, phase).
+
+    Temporary and moved-aside directories are skipped silently; other invalid ones
+    with a warning.  Columns: see ``COLUMNS``.
+    """
+    import pandas as pd
+
+    study_dir = Path(root) / study
+    rows: list[dict[str, Any]] = []
+    if study_dir.is_dir():
+        for path in sorted(study_dir.iterdir()):
+            if not path.is_dir() or path.name.startswith(_TMP_PREFIX) or _CORRUPT_MARK in path.name:
+                continue
+            try:
+                rows.extend(_rows(_read_run(path, None)))
+            except (InvalidRunError, KeyError, TypeError, ValueError) as e:
+                logger.warning("skipping run directory %s: %s", path, e)
+    else:
+        logger.warning("no results under %s", study_dir)
+    return pd.DataFrame(rows, columns=list(COLUMNS))

@@ -1,0 +1,327 @@
+"""The phase loop: model-level training with the chosen method, the exemplar stage, optional
+class-balanced fine-tuning, evaluation, and a checkpoint at every phase boundary.
+
+Randomness: one seed path. The model is initialised from ``seed``; phase ``p`` draws its batches,
+augmentation and selections from generators seeded by ``(seed, p)``, so a run resumed from a
+phase checkpoint replays exactly what an uninterrupted run does, and phase 0 can be shared by
+runs whose phase 0 is identical (same data, order, seed, schedule, head and loss).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import metrics, protocol
+from .backbones import IncrementalNet, build_net, head_sizes
+from .checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .datasets import ArrayData, load_dataset
+from .evaluation import evaluate_phase
+from .exemplars import exemplar_stage
+from .memory import ExemplarMemory
+from .methods import Method, PhaseContext, get_method
+from .pipeline import DeviceImages, Normaliser, augment, batch_indices, make_generator
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_root() -> Path:
+    """Ignored folder for phase checkpoints and the shared phase-0 cache (never in results/)."""
+    env = os.environ.get("MNEMONICS_CHECKPOINTS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+class Interrupted(RuntimeError):
+    """Raised by ``stop_after_phase`` to simulate a crash between phases (tests)."""
+
+
+@dataclass
+class StudyData:
+    """A dataset in remapped label space, resident on the device."""
+
+    train: DeviceImages
+    test: DeviceImages
+    norm: Normaliser
+    plan: protocol.PhasePlan
+    order: np.ndarray
+
+
+def prepare_data(config: RunConfig, device: torch.device) -> StudyData:
+    data = load_dataset(config.dataset, synthetic_classes=config.synthetic_classes)
+    if not isinstance(data, ArrayData):
+        raise NotImplementedError(
+            f"{config.dataset}: ImageNet-size training goes through pipeline.folder_loader; the "
+            f"in-memory trainer handles 32x32 sets (see README, 'What is not reproduced here')")
+    order = protocol.class_order(config)
+    return StudyData(
+        train=DeviceImages(data.x_train, protocol.remap_labels(data.y_train, order), device),
+        test=DeviceImages(data.x_test, protocol.remap_labels(data.y_test, order), device),
+        norm=Normaliser.create(data.mean, data.std, device),
+        plan=protocol.phase_plan(config),
+        order=order,
+    )
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _phase_seed(config: RunConfig, phase: int, salt: int = 0) -> int:
+    return (config.seed * 1_000_003 + phase * 7919 + salt) % (2**63)
+
+
+def phase0_key(config: RunConfig, method: Method) -> str:
+    """Hash of everything phase-0 training depends on (not the method's later behaviour)."""
+    fields = {k: getattr(config, k) for k in (
+        "dataset", "base_classes", "class_order", "class_order_seed", "seed", "amp", "synthetic_classes")}
+    fields.update(schedule=config.schedule.__dict__, cosine=method.cosine_head, loss=method.phase0_loss,
+                  n_base=protocol.phase_plan(config).ends[0], version=1)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def _autocast(config: RunConfig, device: torch.device):
+    enabled = config.amp and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, groups: list[dict],
+                 loss_fn=None, desc: str = "") -> None:
+    """SGD with momentum, step decay at the schedule's milestone fractions, batched on-device
+    augmentation; no host synchronisation inside the step loop."""
+    s = ctx.config.schedule
+    opt = torch.optim.SGD(groups, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    miles = sorted({max(1, int(round(m * epochs))) for m in s.milestones})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=s.gamma)
+    pad = ctx.state["_pad"]
+    loss_fn = loss_fn or method.loss
+    for _ in tqdm(range(epochs), desc=desc or f"phase {ctx.phase}", leave=False, disable=None):
+        ctx.model.train()
+        for idx in batch_indices(len(ctx.train_y), s.batch_size, ctx.generator, ctx.device):
+            x = augment(ctx.train_x[idx], ctx.generator, pad)
+            if ctx.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(ctx.config, ctx.device):
+                loss = loss_fn(ctx, x, ctx.train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+
+
+def balanced_finetune(ctx: PhaseContext, method: Method, memory: ExemplarMemory) -> None:
+    """Class-balanced fine-tuning (LUCIR §3.4, Mnemonics §3): the classifier is fine-tuned on
+    the exemplar set, which holds the same number of samples for every seen class."""
+    s = ctx.config.schedule
+    ex_x, ex_y = memory.tensors()
+    saved = ctx.train_x, ctx.train_y
+    ctx.train_x, ctx.train_y = ex_x, ex_y
+    trainable = {id(p): p.requires_grad for p in ctx.model.parameters()}
+    for p in ctx.model.backbone.parameters():
+        p.requires_grad_(False)
+    head_params = [p for p in ctx.model.head.parameters()]
+    for p in head_params:
+        p.requires_grad_(True)
+
+    def ce(c: PhaseContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(method.logits(c.state, c.model, x), y)
+
+    train_epochs(ctx, method, s.finetune_epochs, s.finetune_lr, [{"params": head_params}], ce, "balanced ft")
+    for p in ctx.model.parameters():
+        p.requires_grad_(trainable[id(p)])
+    ctx.train_x, ctx.train_y = saved
+
+
+def _build_model(config: RunConfig, method: Method, n_base: int, device: torch.device) -> IncrementalNet:
+    torch.manual_seed(config.seed)
+    s = config.schedule
+    net = build_net("resnet", n_base, depth=s.depth, width=s.width, cosine=method.cosine_head)
+    net = net.to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def _frozen_copy(model: IncrementalNet) -> IncrementalNet:
+    old = copy.deepcopy(model).eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+    return old
+
+
+def _restore_model(config: RunConfig, method: Method, sizes: list[int], state: dict,
+                   device: torch.device, transferred: bool) -> IncrementalNet:
+    from .weight_transfer import apply_weight_transfer
+
+    net = _build_model(config, method, sizes[0], device)
+    for n in sizes[1:]:
+        net.head.grow(n)
+    if transferred:
+        apply_weight_transfer(net)
+    net.load_state_dict(state)
+    return net
+
+
+def _ckpt_dir(config: RunConfig) -> Path:
+    return checkpoint_root() / "runs" / config.config_hash()
+
+
+def run_incremental(config: RunConfig, device: torch.device | str | None = None, *,
+                    checkpoints: bool = True, stop_after_phase: int | None = None,
+                    share_phase0: bool = True) -> dict[str, Any]:
+    """Run every phase of ``config`` and return the metrics dict (results ledger schema)."""
+    device = torch.device(device) if device is not None else default_device()
+    method = get_method(config.method)
+    data = prepare_data(config, device)
+    plan = data.plan
+    memory = ExemplarMemory()
+    per_phase: list[dict[str, Any]] = []
+    method_state: dict[str, Any] = {"_pad": data.norm.pixel_range[0]}
+    model = old_model = None
+    start = 0
+    ck_dir = _ckpt_dir(config)
+    latest = sorted(ck_dir.glob("phase_*.pt")) if checkpoints else []
+    if latest:
+        ck = load_checkpoint(latest[-1], map_location=device)
+        start = int(ck["phase"]) + 1
+        transferred = bool(ck["transferred"])
+        model = _restore_model(config, method, list(ck["head_sizes"]), ck["model"], device, transferred)
+        old_model = _frozen_copy(model)
+        memory = ExemplarMemory.from_state_dict(ck["memory"], device)
+        method_state.update(_to_device(ck["method_state"], device))
+        per_phase = json.loads(ck["per_phase"])
+        log.info("resumed %s from %s (next phase %d)", config.config_hash(), latest[-1].name, start)
+
+    bar = tqdm(range(start, plan.num_phases), desc=f"{config.method}/{config.exemplars}", disable=None)
+    for p in bar:
+        t0 = time.perf_counter()
+        new = plan.new_classes(p)
+        idx = data.train.select(list(new))
+        new_x, new_y = data.norm(data.train.x[idx]), data.train.y[idx]
+        mem_x, mem_y = memory.tensors()
+        train_x = torch.cat([new_x, mem_x.to(device)]) if len(mem_y) else new_x
+        train_y = torch.cat([new_y, mem_y.to(device)]) if len(mem_y) else new_y
+        if model is None:
+            model = _build_model(config, method, plan.ends[0], device)
+        gen = make_generator(_phase_seed(config, p), device)
+        ctx = PhaseContext(config, p, plan.starts[p], plan.ends[p], model, old_model if p else None,
+                           train_x, train_y, device, gen, method_state)
+        _train_phase(config, method, ctx, p, share_phase0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        per_class = protocol.exemplars_per_class(config, plan.seen_classes(p))
+        exemplar_stage(config, model, memory, new_x, new_y, new, per_class, data.norm, gen,
+                       make_generator(_phase_seed(config, p, 1), "cpu"), p)
+        if config.use_balanced_finetune and p > 0:
+            ctx.train_x, ctx.train_y = train_x, train_y
+            balanced_finetune(ctx, method, memory)
+        t2 = time.perf_counter()
+        row = _evaluate(config, method, ctx, data, memory, p)
+        t3 = time.perf_counter()
+        row["wall_s"] = {"train": t1 - t0, "exemplars": t2 - t1, "eval": t3 - t2}
+        row["memory_total"] = len(memory)
+        per_phase.append(row)
+        log.info("phase %d: %d classes, CNN %.2f%%, NME %.2f%% (%.1fs)", p, row["n_classes"],
+                 row["acc_cnn"], row["acc_nme"], t3 - t0)
+        bar.set_postfix(cnn=f"{row['acc_cnn']:.1f}", nme=f"{row['acc_nme']:.1f}")
+        old_model = _frozen_copy(model)
+        if checkpoints and p < plan.num_phases - 1:
+            _save_phase(ck_dir, p, model, memory, method_state, per_phase)
+        if stop_after_phase is not None and p == stop_after_phase:
+            raise Interrupted(f"stopped after phase {p} (simulated interruption)")
+    if checkpoints:
+        for f in ck_dir.glob("phase_*.pt"):
+            f.unlink()
+    return summarise(per_phase)
+
+
+def _train_phase(config: RunConfig, method: Method, ctx: PhaseContext, p: int, share_phase0: bool) -> None:
+    s = config.schedule
+    cache = checkpoint_root() / "phase0" / f"{phase0_key(config, method)}.pt"
+    if p == 0 and share_phase0 and cache.exists():
+        ctx.model.load_state_dict(load_checkpoint(cache, map_location=ctx.device)["model"])
+        log.info("phase 0 loaded from the shared cache %s", cache.name)
+        return
+    method.before_phase(ctx)
+    if p > 0 and config.weight_transfer:
+        from .weight_transfer import apply_weight_transfer, is_weight_transferred
+
+        if not is_weight_transferred(ctx.model):
+            apply_weight_transfer(ctx.model)
+    epochs = s.base_epochs if p == 0 else s.epochs
+    train_epochs(ctx, method, epochs, s.lr, method.param_groups(ctx))
+    method.after_phase(ctx)
+    if p == 0 and share_phase0:
+        save_checkpoint(cache, {"model": ctx.model.state_dict()})
+
+
+def _evaluate(config, method, ctx, data, memory, p) -> dict[str, Any]:
+    n_seen = data.plan.seen_classes(p)
+    te = data.test.select(list(range(n_seen)))
+    tr = data.train.select(list(range(n_seen)))
+    state = ctx.state
+    return evaluate_phase(
+        model=ctx.model, logits_fn=lambda b: method.logits(state, ctx.model, b),
+        test_x=data.norm(data.test.x[te]), test_y=data.test.y[te], memory=memory,
+        all_train=(data.norm(data.train.x[tr]), data.train.y[tr]), plan=data.plan, phase=p,
+        batch=config.schedule.eval_batch,
+    )
+
+
+def _save_phase(ck_dir: Path, p: int, model, memory, method_state, per_phase) -> None:
+    from .weight_transfer import is_weight_transferred
+
+    state = {
+        "phase": p, "model": model.state_dict(), "head_sizes": head_sizes(model),
+        "transferred": is_weight_transferred(model), "memory": memory.state_dict(),
+        "method_state": _to_device({k: v for k, v in method_state.items() if not k.startswith("_")}, "cpu"),
+        "per_phase": json.dumps(per_phase), "rng": capture_rng_state(),
+    }
+    save_checkpoint(ck_dir / f"phase_{p:03d}.pt", state)
+    for f in ck_dir.glob("phase_*.pt"):
+        if f.name != f"phase_{p:03d}.pt":
+            f.unlink()
+
+
+def _to_device(obj: Any, device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def summarise(per_phase: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-phase rows -> the ledger's metrics dict (AIA, last, forgetting, accuracy matrices)."""
+    cnn = [r["acc_cnn"] for r in per_phase]
+    nme = [r["acc_nme"] for r in per_phase]
+    A_cnn = metrics.stack_accuracy_rows([r["row_cnn"] for r in per_phase])
+    A_nme = metrics.stack_accuracy_rows([r["row_nme"] for r in per_phase])
+    return {
+        "per_phase": [{k: v for k, v in r.items() if not k.startswith("row_")} for r in per_phase],
+        "acc_matrix_cnn": A_cnn.tolist(),
+        "acc_matrix_nme": A_nme.tolist(),
+        "aia_cnn": metrics.average_incremental_accuracy(cnn),
+        "aia_nme": metrics.average_incremental_accuracy(nme),
+        "aia_cnn_no_first": metrics.average_incremental_accuracy(cnn, include_first=False) if len(cnn) > 1 else float("nan"),
+        "last_cnn": metrics.last_accuracy(cnn),
+        "last_nme": metrics.last_accuracy(nme),
+        "forgetting_cnn": metrics.forgetting_rate(A_cnn),
+        "forgetting_nme": metrics.forgetting_rate(A_nme),
+        "chaudhry_forgetting_cnn": metrics.chaudhry_forgetting(A_cnn),
+        "wall_s_total": float(sum(sum(r["wall_s"].values()) for r in per_phase)),
+    }
