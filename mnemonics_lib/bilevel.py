@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,9 @@ __all__ = [
     "adjust_old_exemplars",
 ]
 
-Augment = Callable[[Tensor, torch.Generator], Tensor]
+# Batch augmentation (B, C, H, W) -> (B, C, H, W); the caller closes over its own seeded
+# generator (e.g. pipeline.augment), keeping one seed path.
+Augment = Callable[[Tensor], Tensor]
 PixelRange = tuple[float | Tensor, float | Tensor]
 
 _BN_MODES = ("eval", "train")
@@ -261,8 +263,10 @@ def optimise_exemplars(
     """Run M outer iterations of the local bilevel program; return new exemplars (E, C, H, W).
 
     Each iteration draws ``settings.real_batch`` real samples without replacement (all of them
-    if fewer) with ``generator``, optionally augments them (``augment(x, generator)``, required
-    when ``settings.augment``), computes the hypergradient and steps the exemplars.
+    if fewer) with ``generator`` (CPU or on the data's device), optionally augments them with
+    ``augment(x)`` (required when ``settings.augment``), computes the hypergradient and steps
+    the exemplars. ``pixel_range`` = (lo, hi), floats or per-channel tensors, used iff
+    ``settings.clip`` is set.
     ``lr`` defaults to β1 = ``settings.outer_lr``. ``callback(iteration, outer_loss)`` is called
     after every hypergradient (the loss is the one *before* that iteration's step).
     The input tensor and the model are not modified.
@@ -283,11 +287,11 @@ def optimise_exemplars(
 
         iters = tqdm(iters, desc="mnemonics", leave=False)
     for it in iters:
-        idx = torch.randperm(n_real, generator=generator)[: settings.real_batch]
-        idx = idx.to(real_x.device)
+        idx = torch.randperm(n_real, generator=generator, device=generator.device)
+        idx = idx[: settings.real_batch].to(real_x.device)
         batch_x, batch_y = real_x[idx], real_y[idx]
         if settings.augment:
-            batch_x = augment(batch_x, generator)
+            batch_x = augment(batch_x)
         grad, loss = hypergradient(
             model, ex, ex_y, batch_x, batch_y, settings, params=params, buffers=buffers
         )
@@ -314,7 +318,7 @@ def _split_halves(y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor
         if idx.numel() < 2:
             single.append(idx)
             continue
-        idx = idx[torch.randperm(idx.numel(), generator=generator)]
+        idx = idx[torch.randperm(idx.numel(), generator=generator, device=generator.device).cpu()]
         half = idx.numel() // 2
         a.append(idx[:half])
         b.append(idx[half:])
@@ -337,14 +341,17 @@ def adjust_old_exemplars(
 
     Each class's exemplars are split at random (``generator``) into halves A and B. A is
     optimised with all classes' B halves as validation data, then B with the *updated* A halves.
-    Returns a new tensor (N, C, H, W) in the input's order; ``augment``/``pixel_range`` as in
-    :func:`optimise_exemplars`.
+    Returns a new tensor (N, C, H, W) in the input's order; ``pixel_range`` as in
+    :func:`optimise_exemplars`. The validation halves are augmented only when ``augment`` is
+    given and ``settings.augment`` is set; without a callable they are used as they are.
 
     A class with a single exemplar is left unchanged: there is no second exemplar of that class
     to validate it against, and validating it against itself would make the outer loss ask the
     inner loop to fit exactly the point it is trained on, which carries no information about the
     lost real distribution. It still serves as (fixed) validation data for the other classes.
     """
+    if augment is None:
+        settings = replace(settings, augment=False)
     a, b, single = _split_halves(old_y, generator)
     out = old_x.detach().clone()
     if a.numel() == 0:

@@ -78,9 +78,10 @@ class MnemonicsSettings:
 
     init: str = "herding"  # random | herding: where the exemplar pixels start
     inner_steps: int = 1  # K
-    inner_lr: float = 0.01  # alpha
-    outer_lr: float = 0.01  # beta1 (new-class exemplars)
-    old_lr: float = 0.005  # beta2 (old-class exemplars)
+    inner_lr: float = 0.1  # alpha (the model's own lr 0.1)
+    outer_lr: float = 10.0  # beta1 (new-class exemplars); plain gradient steps in normalised
+    #   pixel space, where hypergradients are ~1e-4 per pixel (measured), hence the large value
+    old_lr: float = 10.0  # beta2 (old-class exemplars)
     adjust_old: bool = True  # adjust old exemplars by the half-split program
     first_order: bool = False
     augment: bool = False

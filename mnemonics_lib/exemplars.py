@@ -36,6 +36,7 @@ def bilevel_settings(config: RunConfig) -> bilevel.BilevelSettings:
         inner_steps=m.inner_steps, inner_lr=m.inner_lr, outer_iters=config.schedule.mnemonics_outer_iters,
         outer_lr=m.outer_lr, old_lr=m.old_lr, first_order=m.first_order, bn_mode=m.bn_mode,
         real_batch=m.real_batch, augment=m.augment,
+        clip=0.0,  # keep mnemonics valid images: pixels stay inside [0, 1] before normalisation
     )
 
 
@@ -93,8 +94,9 @@ def exemplar_stage(config: RunConfig, model: torch.nn.Module, memory: ExemplarMe
                                               pixel_range=norm.pixel_range)
             if config.mnemonics.adjust_old and phase > 0 and len(memory):
                 old_x, old_y = memory.tensors()
-                memory.replace_all(bilevel.adjust_old_exemplars(model, old_x, old_y, settings,
-                                                                generator=generator), old_y)
+                memory.replace_all(bilevel.adjust_old_exemplars(
+                    model, old_x, old_y, settings, generator=generator, augment=aug,
+                    pixel_range=norm.pixel_range), old_y)
         else:
             ex_x = authors_code_adjust(model, ex_x, ex_y, new_x, new_y, norm, generator)
         picked = [(c, ex_x[ex_y == c]) for c, _ in picked]

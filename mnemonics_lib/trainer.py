@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -179,8 +179,14 @@ def _ckpt_dir(config: RunConfig) -> Path:
 
 def run_incremental(config: RunConfig, device: torch.device | str | None = None, *,
                     checkpoints: bool = True, stop_after_phase: int | None = None,
-                    share_phase0: bool = True) -> dict[str, Any]:
-    """Run every phase of ``config`` and return the metrics dict (results ledger schema)."""
+                    share_phase0: bool = True,
+                    on_phase_end: Callable[[int, IncrementalNet, ExemplarMemory, StudyData], None] | None = None,
+                    ) -> dict[str, Any]:
+    """Run every phase of ``config`` and return the metrics dict (results ledger schema).
+
+    ``on_phase_end(phase, model, memory, data)`` is called after each phase's evaluation (figures
+    that need the model or the exemplars, e.g. the t-SNE notebook, read them there).
+    """
     device = torch.device(device) if device is not None else default_device()
     method = get_method(config.method)
     data = prepare_data(config, device)
@@ -236,6 +242,8 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
         log.info("phase %d: %d classes, CNN %.2f%%, NME %.2f%% (%.1fs)", p, row["n_classes"],
                  row["acc_cnn"], row["acc_nme"], t3 - t0)
         bar.set_postfix(cnn=f"{row['acc_cnn']:.1f}", nme=f"{row['acc_nme']:.1f}")
+        if on_phase_end is not None:
+            on_phase_end(p, model, memory, data)
         old_model = _frozen_copy(model)
         if checkpoints and p < plan.num_phases - 1:
             _save_phase(ck_dir, p, model, memory, method_state, per_phase)

@@ -102,7 +102,8 @@ def test_hypergradient_matches_central_differences(bn_mode, k):
     params, buffers = model_state(net)
 
     def outer(e: torch.Tensor) -> float:
-        return float(unrolled_outer_loss(net, params, buffers, e, ex_y, real_x, real_y, s).detach())
+        loss = unrolled_outer_loss(net, params, buffers, e, ex_y, real_x, real_y, s)
+        return float(loss.detach())
 
     eps = 1e-6
     fd = torch.zeros_like(ex_x).flatten()
@@ -217,7 +218,7 @@ def test_clip_augment_and_input_checks():
         optimise_exemplars(net, ex_x, ex_y, real_x, real_y, s, generator=gen)
     seen: list[int] = []
 
-    def aug(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def aug(x: torch.Tensor) -> torch.Tensor:
         seen.append(x.shape[0])
         return x.flip(-1)
 
@@ -250,6 +251,10 @@ def test_adjust_old_exemplars():
     assert torch.equal(dist.argmin(dim=1), torch.arange(9))
     again = adjust_old_exemplars(net, old_x, old_y, s, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
+    # The trainer passes no augmentation for old exemplars: settings.augment must not break it.
+    s_aug = settings(outer_iters=3, old_lr=1.0, augment=True)
+    plain = adjust_old_exemplars(net, old_x, old_y, s_aug, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain, out)
 
 
 def test_adjust_old_exemplars_all_singletons_is_identity():

@@ -1,0 +1,61 @@
+"""GPU path checks (``pytest -m gpu``; skipped without CUDA).
+
+bf16 autocast must not cost accuracy: a short LUCIR run on the synthetic set in bf16 reaches the
+accuracy of the same run in float32 within the noise between seeds. bf16 changes the rounding of
+every activation, so the two runs follow different trajectories much as two seeds do; the right
+yardstick is therefore the seed-to-seed spread, not a fixed epsilon. Over ``SEEDS`` seeds per
+precision the mean average incremental accuracy (AIA, CNN) may differ by at most
+``max(FLOOR, 3 * standard error of the difference of the two means)``: a 3-sigma test, with a
+floor because three seeds estimate the spread coarsely (the synthetic test set holds 20 images
+per class, so one phase's accuracy alone moves by ~2.5 points per binomial standard error).
+"""
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from mnemonics_lib import bench
+from mnemonics_lib.config import make_config
+from mnemonics_lib.trainer import run_incremental
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+SEEDS = (0, 1, 2)
+EPOCHS = 6  # epochs_override for every phase of the smoke profile: seconds per run on a GPU
+FLOOR = 5.0  # accuracy points
+CHANCE_AIA = 100 * (1 / 10 + 1 / 12 + 1 / 14 + 1 / 16 + 1 / 18 + 1 / 20) / 6  # 20 classes, B10, 5 phases
+
+
+def _aia(amp: bool, seed: int, device: str = "cuda") -> float:
+    cfg = make_config(dataset="synthetic", profile="smoke", method="lucir", amp=amp, seed=seed,
+                      epochs_override=EPOCHS)
+    return run_incremental(cfg, device, checkpoints=False, share_phase0=False)["aia_cnn"]
+
+
+def test_bf16_matches_float32_within_seed_noise():
+    bf16 = [_aia(True, s) for s in SEEDS]
+    fp32 = [_aia(False, s) for s in SEEDS]
+    se = (statistics.variance(bf16) / len(bf16) + statistics.variance(fp32) / len(fp32)) ** 0.5
+    tol = max(FLOOR, 3 * se)
+    diff = statistics.mean(bf16) - statistics.mean(fp32)
+    print(f"AIA bf16 {bf16} fp32 {fp32}: difference {diff:+.2f}, tolerance {tol:.2f}")
+    # both must actually learn, or equal accuracies would mean nothing
+    assert min(statistics.mean(bf16), statistics.mean(fp32)) > 2 * CHANCE_AIA
+    assert abs(diff) <= tol
+
+
+def test_benchmark_runs_on_cuda_at_tiny_sizes():
+    sizes = bench.BenchSizes(n_classes=4, per_class_train=16, per_class_test=2, depth=8, width=8,
+                             batch=16, train_steps=2, warmup_steps=1, repeats=2, eval_images=32,
+                             eval_batch=16, means_classes=4, means_per_class=4, mn_classes=2,
+                             mn_per_class=2, mn_real_batch=8, mn_outer_iters=1, mn_steps=1,
+                             mn_repeats=2, matmul_n=256, matmul_reps=2, workers=2)
+    r = bench.run_benchmark("cuda", sizes=sizes)
+    assert r["stages"]["train"]["ours_precision"] == "bf16 autocast"
+    assert r["stages"]["flops"]["matmul_dtype"] == "bfloat16"
+    assert r["stages"]["herding"]["same_indices"] and len(r["stages"]["herding"]["ours_device_s"]) == 2
+    assert r["stages"]["class_means"]["max_abs_diff"] < 1e-4
+    assert r["stages"]["train"]["ours"]["images"] == r["stages"]["train"]["reference"]["images"] == [32, 32]
