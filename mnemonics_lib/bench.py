@@ -80,8 +80,10 @@ class BenchSizes:
     workers: int = 8  # reference DataLoader workers
 
 
-CPU_SIZES = BenchSizes(train_steps=2, warmup_steps=1, repeats=3, eval_images=256, eval_batch=256,
-                       means_classes=10, mn_outer_iters=1, mn_steps=1, mn_repeats=2,
+# 2 shared CPU cores: a ResNet-32 step of batch 128 takes seconds there, so one step per timing
+# and one repeat of the (tens of seconds) mnemonics iterations keep the run within ~4 minutes.
+CPU_SIZES = BenchSizes(train_steps=1, warmup_steps=1, repeats=4, eval_images=256, eval_batch=256,
+                       means_classes=5, means_per_class=10, mn_outer_iters=1, mn_steps=1, mn_repeats=1,
                        matmul_n=2048, matmul_reps=2, workers=2)
 QUICK_SIZES = BenchSizes(n_classes=10, per_class_train=40, per_class_test=4, depth=8, width=8, batch=32,
                          train_steps=2, warmup_steps=1, repeats=2, eval_images=128, eval_batch=64,
@@ -170,12 +172,17 @@ def _sgd_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
 
 
 class OursTrain:
-    """The library's training input path (as in ``trainer.train_epochs``), per call ``steps`` steps."""
+    """The library's training input path (as in ``trainer.train_epochs``), per call ``steps`` steps.
+
+    ``channels_last``/``amp`` default to what the trainer does on the model's device (both on
+    CUDA only); the CPU what-if variants of :func:`bench_train` switch them on there too.
+    """
 
     def __init__(self, model: torch.nn.Module, images: DeviceImages, norm: Normaliser, batch: int,
-                 amp: bool, seed: int = 0):
+                 amp: bool, seed: int = 0, channels_last: bool | None = None):
         self.model, self.images, self.norm, self.amp = model, images, norm, amp
         self.device = images.x.device
+        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         self.opt = _sgd(model)
         self.gen = make_generator(seed, self.device)
         self.pad = norm.pixel_range[0]
@@ -192,7 +199,7 @@ class OursTrain:
         for _ in range(steps):
             idx = next(self._it)
             x = augment(self.norm(self.images.x[idx]), self.gen, self.pad)
-            if self.device.type == "cuda":
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             _sgd_step(self.model, self.opt, x, self.images.y[idx], self.amp)
             n += len(idx)  # a host-side shape: no device synchronisation
@@ -218,7 +225,8 @@ class PILImages(torch.utils.data.Dataset):
 def reference_loader(x_nhwc: np.ndarray, y: np.ndarray, mean, std, train: bool, batch: int,
                      workers: int, device: torch.device, seed: int = 0) -> torch.utils.data.DataLoader:
     """DataLoader as in the LUCIR / Mnemonics / PyCIL codes. Workers persist across epochs, so
-    their start-up is excluded from the timings (generous to the reference)."""
+    their start-up is excluded from the timings (generous to the reference); on CPU their
+    refilling of the prefetch queue overlaps the next runner's timing (charged to ours)."""
     from torchvision import transforms
 
     tf = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if train else []
@@ -254,22 +262,34 @@ class ReferenceTrain:
 
 
 # ------------------------------------------------------------------ stages
-def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: bool) -> dict[str, Any]:
-    """Training images/s: ours vs the reference, same data, model init, batch and step count."""
+def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: bool,
+                cpu_variants: bool = True) -> dict[str, Any]:
+    """Training images/s: ours vs the reference, same data, model init, batch and step count.
+
+    On CPU, ``cpu_variants`` adds what-if runs of our path with channels_last, and with
+    channels_last + bf16 autocast (fast where the CPU has AMX / AVX512-BF16), which the trainer
+    does not do on CPU today; they are reported beside, never instead of, ``ours``.
+    """
     amp = amp and device.type == "cuda"
     norm = Normaliser.create(data.mean, data.std, device)
+    images = DeviceImages(data.x_train, data.y_train, device)
     n_cls = int(data.y_train.max()) + 1
-    ours = OursTrain(_model(sizes, n_cls, device, device.type == "cuda"),
-                     DeviceImages(data.x_train, data.y_train, device), norm, sizes.batch, amp)
-    ref = ReferenceTrain(_model(sizes, n_cls, device, False),
-                         reference_loader(data.x_train, data.y_train, data.mean, data.std, True,
-                                          sizes.batch, sizes.workers, device), device)
-    ours(sizes.warmup_steps)
-    ref(sizes.warmup_steps)
-    raw = interleave({"ours": lambda: ours(sizes.train_steps), "reference": lambda: ref(sizes.train_steps)},
-                     sizes.repeats, device)
-    res = {k: _throughput(v) for k, v in raw.items()}
-    res["ratio"] = res["ours"]["median_images_per_s"] / res["reference"]["median_images_per_s"]
+    runs: dict[str, Callable[[int], int]] = {
+        "ours": OursTrain(_model(sizes, n_cls, device, device.type == "cuda"), images, norm, sizes.batch, amp),
+        "reference": ReferenceTrain(_model(sizes, n_cls, device, False), reference_loader(
+            data.x_train, data.y_train, data.mean, data.std, True, sizes.batch, sizes.workers, device), device),
+    }
+    if cpu_variants and device.type == "cpu":
+        for name, bf16 in (("ours_channels_last", False), ("ours_channels_last_bf16", True)):
+            runs[name] = OursTrain(_model(sizes, n_cls, device, True), images, norm, sizes.batch, bf16,
+                                   channels_last=True)
+    for run in runs.values():
+        run(sizes.warmup_steps)
+    raw = interleave({k: (lambda r=r: r(sizes.train_steps)) for k, r in runs.items()}, sizes.repeats, device)
+    res: dict[str, Any] = {k: _throughput(v) for k, v in raw.items()}
+    ref = res["reference"]["median_images_per_s"]
+    res["ratio"] = res["ours"]["median_images_per_s"] / ref
+    res["variant_ratios"] = {k: res[k]["median_images_per_s"] / ref for k in runs if k.startswith("ours_")}
     res["ours_precision"] = "bf16 autocast" if amp else "fp32"
     return res
 
@@ -392,7 +412,8 @@ def bench_mnemonics(data: ArrayData, sizes: BenchSizes, device: torch.device) ->
         return lambda: bilevel.optimise_exemplars(model, ex_x, ex_y, real_x, real_y, s, generator=gen)
 
     step(1)
-    outer(1, 1)()  # warm-up: allocator and double-backward kernels
+    if device.type == "cuda":  # cuBLAS/cuDNN handles and double-backward kernels; on CPU the
+        outer(1, 1)()  # first call costs little next to one iteration (tens of seconds there)
     runners = {"train_step": lambda: step(sizes.mn_steps)}
     runners.update({f"outer_k{i}": outer(i, sizes.mn_outer_iters) for i in sizes.mn_inner_steps})
     raw = interleave(runners, sizes.mn_repeats, device)
@@ -476,6 +497,7 @@ def device_slug(device: torch.device) -> str:
 
 def run_benchmark(device: torch.device | str | None = None, *, quick: bool = False,
                   sizes: BenchSizes | None = None, dataset: str = "synthetic", amp: bool = True,
+                  cpu_variants: bool = True,
                   stages: tuple[str, ...] = ("train", "eval", "herding", "class_means", "mnemonics", "flops"),
                   ) -> dict[str, Any]:
     """Run the chosen stages and return the record (raw timings, ratios, sizes, device)."""
@@ -483,7 +505,7 @@ def run_benchmark(device: torch.device | str | None = None, *, quick: bool = Fal
     sizes = sizes or default_sizes(device, quick)
     data = bench_data(sizes, dataset)
     fns: dict[str, Callable[[], dict[str, Any]]] = {
-        "train": lambda: bench_train(data, sizes, device, amp),
+        "train": lambda: bench_train(data, sizes, device, amp, cpu_variants),
         "eval": lambda: bench_eval(data, sizes, device, amp),
         "herding": lambda: bench_herding(sizes, device),
         "class_means": lambda: bench_class_means(data, sizes, device),
@@ -509,6 +531,8 @@ def ratios(stages: dict[str, Any]) -> dict[str, float]:
             "herding": ("herding_speedup", "speedup"), "class_means": ("class_means_speedup", "speedup"),
             "flops": ("train_step_fraction_of_peak", "fraction_of_peak")}
     out = {name: stages[s][k] for s, (name, k) in keys.items() if s in stages}
+    for k, v in stages.get("train", {}).get("variant_ratios", {}).items():
+        out[f"train_images_per_s_ratio_{k}"] = v
     for k, v in stages.get("mnemonics", {}).items():
         if k.endswith("_over_step"):
             out[f"mnemonics_{k}"] = v
@@ -528,6 +552,8 @@ def format_table(record: dict[str, Any]) -> str:
         if s in st:
             rows.append((f"{s} ({unit})", f"{st[s]['ours']['median_images_per_s']:.1f}",
                          f"{st[s]['reference']['median_images_per_s']:.1f}", f"{st[s]['ratio']:.2f}x"))
+        for k, v in st[s].get("variant_ratios", {}).items():  # CPU what-ifs, not the trainer's path
+            rows.append((f"  what-if {k[5:]}", f"{st[s][k]['median_images_per_s']:.1f}", "", f"{v:.2f}x"))
     for s in ("herding", "class_means"):
         if s in st:
             rows.append((f"{s} (ms)", f"{1e3 * _median(st[s]['ours_s']):.2f}",
@@ -582,6 +608,11 @@ SMALL_PROJECTION = ProjectionSizes(n_classes=10, per_class_train=30, per_class_t
                                    memory_per_class=4, epochs_measured=2, profile="smoke")
 
 
+def projection_data(sizes: ProjectionSizes) -> ArrayData:
+    """Synthetic pixels in the projection's shapes (labels already in learning order)."""
+    return make_synthetic(sizes.n_classes, sizes.per_class_train, sizes.per_class_test)
+
+
 def _epoch_times(ctx: Any, method: Any, epochs: int) -> list[float]:
     from .trainer import train_epochs
 
@@ -622,9 +653,10 @@ def project_full_run(plan: Any, sizes: ProjectionSizes, batch: int, epoch0_s: fl
 
 
 def paper_projection(device: torch.device | str | None = None, sizes: ProjectionSizes = ProjectionSizes(),
-                     amp: bool = True) -> dict[str, Any]:
+                     amp: bool = True, data: ArrayData | None = None) -> dict[str, Any]:
     """Time phase 0 and phase 1 of a LUCIR + herding B50 run through the trainer's own code
-    (``train_epochs``, ``exemplar_stage``, ``evaluate_phase``) and project the full run."""
+    (``train_epochs``, ``exemplar_stage``, ``evaluate_phase``) and project the full run.
+    ``data``: a :func:`projection_data` set to reuse across calls (it takes seconds to build)."""
     from . import protocol
     from .config import make_config
     from .evaluation import evaluate_phase
@@ -637,7 +669,7 @@ def paper_projection(device: torch.device | str | None = None, sizes: Projection
                          profile=sizes.profile, amp=amp, method="lucir", exemplars="herding",
                          memory_per_class=sizes.memory_per_class)
     plan, method, s = protocol.phase_plan(config), get_method("lucir"), config.schedule
-    data = make_synthetic(sizes.n_classes, sizes.per_class_train, sizes.per_class_test)
+    data = data or projection_data(sizes)
     train, test = (DeviceImages(data.x_train, data.y_train, device),
                    DeviceImages(data.x_test, data.y_test, device))
     norm = Normaliser.create(data.mean, data.std, device)
@@ -666,15 +698,18 @@ def paper_projection(device: torch.device | str | None = None, sizes: Projection
                        torch.cat([y1, mem_y]), device, gen, state)
     method.before_phase(ctx)
     t1 = _epoch_times(ctx, method, sizes.epochs_measured)
+    t_ex1, _ = _timed(lambda: exemplar_stage(config, model, memory, x1, y1, plan.new_classes(1),
+                                             sizes.memory_per_class, norm, gen, make_generator(2, "cpu"), 1),
+                      device)  # before the evaluation, as in the trainer: NME needs the new exemplars
     te, tr = test.select(list(range(plan.ends[1]))), train.select(list(range(plan.ends[1])))
     t_eval, row = _timed(lambda: evaluate_phase(
         model=model, logits_fn=lambda b: method.logits(state, model, b), test_x=norm(test.x[te]),
         test_y=test.y[te], memory=memory, all_train=(norm(train.x[tr]), train.y[tr]), plan=plan, phase=1,
         batch=s.eval_batch), device)
     proj = project_full_run(plan, sizes, s.batch_size, _steady(t0), _steady(t1), len(ctx.train_y), t_eval,
-                            plan.ends[1], t_ex / len(plan.new_classes(0)))
+                            plan.ends[1], (t_ex + t_ex1) / plan.ends[1])
     return {"schema": SCHEMA + "/paper-projection", "device": device_info(device), "amp": amp,
             "sizes": dataclasses.asdict(sizes), "batch": s.batch_size, "method": "lucir",
             "phase0_images": len(y0), "phase0_epoch_s": t0, "phase1_images": len(ctx.train_y),
-            "phase1_epoch_s": t1, "exemplar_stage_phase0_s": t_ex, "eval_phase1_s": t_eval,
+            "phase1_epoch_s": t1, "exemplar_stage_s": [t_ex, t_ex1], "eval_phase1_s": t_eval,
             "phase1_acc_cnn": row["acc_cnn"], "projection": proj}

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import pickle
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,11 +65,16 @@ class FolderData:
 
 
 def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    key = (x.ctypes.data, x.shape)
-    if key not in _STATS_CACHE:
+    # Keyed by the array object, checked through a weak reference: a key made of the data
+    # address alone returned stale statistics once a freed array's memory was reused.
+    entry = _STATS_CACHE.get(id(x))
+    if entry is None or entry[0]() is not x:
         f = x.reshape(-1, 3).astype(np.float64) / 255.0
-        _STATS_CACHE[key] = (tuple(f.mean(0).round(4)), tuple(f.std(0).round(4)))
-    return _STATS_CACHE[key]
+        stats = (tuple(f.mean(0).round(4)), tuple(f.std(0).round(4)))
+        key = id(x)
+        entry = (weakref.ref(x, lambda _ref, k=key: _STATS_CACHE.pop(k, None)), stats)
+        _STATS_CACHE[key] = entry
+    return entry[1]
 
 
 _STATS_CACHE: dict = {}

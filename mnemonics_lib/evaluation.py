@@ -13,9 +13,13 @@ from .memory import ExemplarMemory
 from .protocol import PhasePlan
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + batch]).float() for i in range(0, len(x), batch)]) if len(x) else x
+    """fn over batches of x (channels_last, as the model), concatenated in float32."""
+    if not len(x):
+        return x
+    return torch.cat([fn(x[i:i + batch].contiguous(memory_format=torch.channels_last)).float()
+                      for i in range(0, len(x), batch)])
 
 
 @torch.no_grad()

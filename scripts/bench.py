@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 def _projection(args: argparse.Namespace, device: torch.device) -> int:
     sizes = bench.SMALL_PROJECTION if args.small else bench.ProjectionSizes()
     amps = (True, False) if device.type == "cuda" and not args.no_amp else (False,)
-    runs = {}
+    runs, data = {}, bench.projection_data(sizes)
     for amp in amps:
         key = "bf16" if amp else "fp32"
-        runs[key] = bench.paper_projection(device, sizes, amp=amp)
+        runs[key] = bench.paper_projection(device, sizes, amp=amp, data=data)
         p = runs[key]["projection"]
         print(f"[{key}] phase-0 epoch {p['t0_s']:.2f}s, incremental step {1e3 * p['t_step_incremental_s']:.1f}ms,"
               f" projected full B50 N={sizes.phases} run: {p['total_s']:.0f}s = {p['total_h']:.2f}h", flush=True)

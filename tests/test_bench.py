@@ -53,7 +53,8 @@ def test_record_structure(record):
     assert mn["exemplars"] == TINY.mn_classes * TINY.mn_per_class
     expected = {"train_images_per_s_ratio", "eval_images_per_s_ratio", "herding_speedup",
                 "class_means_speedup", "train_step_fraction_of_peak", "mnemonics_outer_k1_over_step",
-                "mnemonics_outer_k2_over_step"}
+                "mnemonics_outer_k2_over_step", "train_images_per_s_ratio_ours_channels_last",
+                "train_images_per_s_ratio_ours_channels_last_bf16"}  # CPU what-if variants
     assert set(record["ratios"]) == expected
     assert all(math.isfinite(v) and v > 0 for v in record["ratios"].values())
     json.dumps(record)  # plain JSON types only

@@ -23,8 +23,8 @@ from mnemonics_lib.trainer import run_incremental
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-SEEDS = (0, 1, 2)
-EPOCHS = 6  # epochs_override for every phase of the smoke profile: seconds per run on a GPU
+SEEDS = (0, 1, 2, 3)
+EPOCHS = 10  # epochs_override for every phase of the smoke profile: seconds per run on a GPU
 FLOOR = 5.0  # accuracy points
 CHANCE_AIA = 100 * (1 / 10 + 1 / 12 + 1 / 14 + 1 / 16 + 1 / 18 + 1 / 20) / 6  # 20 classes, B10, 5 phases
 

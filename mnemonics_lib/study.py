@@ -1,0 +1,714 @@
+"""Which runs each artifact needs: the single source of truth shared by the notebooks, the
+``scripts/study.py`` CLI (``make results`` / ``make figures``) and the tests.
+
+Vocabulary of a *run spec* (a table row label and a notebook parameter value):
+``method[_exemplars][+flag...]``, e.g. ``lucir`` (LUCIR with herding exemplars), ``lucir_mnemonics``,
+``icarl_random``, ``lucir_mnemonics+no_adjust_old``. Exemplars default to ``herding``. Flags:
+``no_adjust_old``, ``weight_transfer``, ``balanced_finetune``, ``no_balanced_finetune``,
+``first_order``. A *seed* ``s`` means ``class_order_seed = s`` and ``seed = s``; 1993 is the paper's
+class order.
+
+A :class:`Task` is one cached computation: a run (study ``runs``, or ``sweeps/mnemonics`` for the
+sensitivity sweep) or a snapshot run (study ``snapshots``: the same training, recording features
+and exemplars for the t-SNE and image figures).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import functools
+import logging
+import multiprocessing
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from . import paper_numbers
+from .config import EXEMPLARS, METHODS, ConfigError, RunConfig, make_config
+
+log = logging.getLogger(__name__)
+
+SEEDS = (1993, 1994, 1995)
+TABLE1_METHODS = paper_numbers.TABLE1_METHODS
+ABLATION_METHODS = ("lucir", "icarl", "lwf", "bic")
+# Deconfounding runs (paper.md §3-4): mnemonics without the old-exemplar adjustment, mnemonics with
+# the weight-transfer backbone the authors' "ours" runs switch to, and herding with the class-balanced
+# fine-tuning that is on by default only for mnemonics.
+ABLATION_EXTRAS = ("lucir_mnemonics+no_adjust_old", "lucir_mnemonics+weight_transfer",
+                   "lucir_herding+balanced_finetune")
+FORGETTING_METHODS = ("lucir", "lucir_authors_code", "lucir_mnemonics")
+SNAPSHOT_EXEMPLARS = ("random", "herding", "mnemonics")
+
+STUDY_RUNS = "runs"
+STUDY_SWEEPS = "sweeps/mnemonics"
+STUDY_SNAPSHOTS = "snapshots"
+
+_FLAGS = {
+    "no_adjust_old": ("mnemonics", "adjust_old", False),
+    "first_order": ("mnemonics", "first_order", True),
+    "weight_transfer": (None, "weight_transfer", True),
+    "balanced_finetune": (None, "balanced_finetune", True),
+    "no_balanced_finetune": (None, "balanced_finetune", False),
+}
+
+
+class ParameterError(ValueError):
+    """A notebook received a parameter it does not know (the message lists the known ones)."""
+
+
+# ------------------------------------------------------------------ small helpers
+def as_list(value: Any) -> list:
+    """A notebook parameter as a list: a scalar ``5`` or ``"lucir"`` becomes ``[5]``; None ``[]``."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def seed_fields(seed: int) -> dict[str, int]:
+    """A study seed fixes both the class order and the training seed."""
+    return {"class_order_seed": int(seed), "seed": int(seed)}
+
+
+def parse_spec(spec: str) -> dict[str, Any]:
+    """Run spec -> config fields (``method``, ``exemplars``, flags; ``mnemonics`` as a dict)."""
+    head, *flags = str(spec).split("+")
+    method, _, exemplars = head.partition("_")
+    exemplars = exemplars or "herding"
+    if method not in METHODS or exemplars not in EXEMPLARS:
+        raise ConfigError(
+            f"unknown run spec {spec!r}: expected method[_exemplars][+flag...] with method in "
+            f"{list(METHODS)}, exemplars in {list(EXEMPLARS)}, flags in {sorted(_FLAGS)}")
+    out: dict[str, Any] = {"method": method, "exemplars": exemplars}
+    for f in flags:
+        if f not in _FLAGS:
+            raise ConfigError(f"unknown flag {f!r} in run spec {spec!r}; known flags: {sorted(_FLAGS)}")
+        group, name, value = _FLAGS[f]
+        if group:
+            out.setdefault(group, {})[name] = value
+        else:
+            out[name] = value
+    return out
+
+
+def spec_of(config: RunConfig | Mapping[str, Any]) -> str:
+    """Canonical run spec of a config (or its ``to_dict()``); inverse of :func:`parse_spec` for
+    the flags it knows (``lucir`` for LUCIR + herding)."""
+    d = config.to_dict() if isinstance(config, RunConfig) else config
+    mn = d.get("mnemonics") or {}
+    spec = d["method"] + ("" if d["exemplars"] == "herding" else f"_{d['exemplars']}")
+    if d["exemplars"] == "mnemonics" and mn.get("adjust_old") is False:
+        spec += "+no_adjust_old"
+    if d["exemplars"] == "mnemonics" and mn.get("first_order") is True:
+        spec += "+first_order"
+    if d.get("weight_transfer"):
+        spec += "+weight_transfer"
+    if d.get("balanced_finetune") is True and d["exemplars"] != "mnemonics":
+        spec += "+balanced_finetune"
+    if d.get("balanced_finetune") is False and d["exemplars"] == "mnemonics":
+        spec += "+no_balanced_finetune"
+    return spec
+
+
+def _merge_mnemonics(common: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    mn = {**dict(common.get("mnemonics") or {}), **fields.pop("mnemonics", {})}
+    out = {**common, **fields}
+    if mn:
+        out["mnemonics"] = mn
+    return out
+
+
+def make_run(spec: str, *, dataset: str, phases: int, seed: int, profile: str, **common: Any) -> RunConfig:
+    """One config from a run spec and the protocol (``common``: any other RunConfig field)."""
+    return make_config(**_merge_mnemonics(dict(common), parse_spec(spec)), dataset=dataset,
+                       phases=int(phases), profile=profile, **seed_fields(seed))
+
+
+# ------------------------------------------------------------------ config builders
+def grid_configs(specs: Iterable[str], dataset: str, phases: Any, seeds: Any, profile: str,
+                 **common: Any) -> list[RunConfig]:
+    """Every spec x N x seed, ordered N, then seed, then spec (a complete single-seed table first)."""
+    return [make_run(s, dataset=dataset, phases=n, seed=seed, profile=profile, **common)
+            for n in as_list(phases) for seed in as_list(seeds) for s in as_list(specs)]
+
+
+def table1_configs(dataset: str, phases: Any, seeds: Any, methods: Any = TABLE1_METHODS,
+                   profile: str = "quick", **common: Any) -> list[RunConfig]:
+    """Table 1 / Fig. 4: the five methods (``lucir_mnemonics`` = LUCIR + mnemonics exemplars,
+    the others herding) for every N and seed."""
+    return grid_configs(methods, dataset, phases, seeds, profile, **common)
+
+
+def ablation_configs(dataset: str, phases: Any, seeds: Any, profile: str = "quick",
+                     methods: Any = ABLATION_METHODS, exemplars: Any = EXEMPLARS,
+                     extras: Any = ABLATION_EXTRAS, **common: Any) -> list[RunConfig]:
+    """Exemplar type (random | herding | mnemonics | authors_code) under each method, plus the
+    deconfounding extras (specs such as ``lucir_mnemonics+no_adjust_old``)."""
+    specs = [m if e == "herding" else f"{m}_{e}" for m in as_list(methods) for e in as_list(exemplars)]
+    return _dedup(grid_configs(specs + as_list(extras), dataset, phases, seeds, profile, **common))
+
+
+def forgetting_configs(dataset: str, phases: Any, seeds: Any, methods: Any = FORGETTING_METHODS,
+                       profile: str = "quick", **common: Any) -> list[RunConfig]:
+    """The runs compared with the authors' README (AIA and forgetting, CNN and NME heads)."""
+    return grid_configs(methods, dataset, phases, seeds, profile, **common)
+
+
+def sweep_configs(dataset: str, inner_lr: Any, outer_lr: Any, inner_steps: Any, phases: int = 5,
+                  seed: int = 1993, profile: str = "quick", spec: str = "lucir_mnemonics",
+                  **common: Any) -> list[RunConfig]:
+    """Sensitivity of mnemonics to alpha (inner_lr) x beta1 (outer_lr) x K (inner_steps)."""
+    out = []
+    for k in as_list(inner_steps):
+        for a in as_list(inner_lr):
+            for b in as_list(outer_lr):
+                mn = {**dict(common.get("mnemonics") or {}), "inner_lr": float(a), "outer_lr": float(b),
+                      "inner_steps": int(k)}
+                out.append(make_run(spec, dataset=dataset, phases=phases, seed=seed, profile=profile,
+                                    **{**common, "mnemonics": mn}))
+    return out
+
+
+def snapshot_configs(dataset: str, method: str = "lucir", exemplars: Any = SNAPSHOT_EXEMPLARS,
+                     phases: int = 5, seed: int = 1993, profile: str = "quick", **common: Any) -> list[RunConfig]:
+    """One config per exemplar strategy for the t-SNE (Fig. 1) and exemplar-image notebooks."""
+    specs = [method if e == "herding" else f"{method}_{e}" for e in as_list(exemplars)]
+    return [make_run(s, dataset=dataset, phases=phases, seed=seed, profile=profile, **common) for s in specs]
+
+
+def default_snapshot_phases(config: RunConfig) -> tuple[int, int]:
+    """Early = the first incremental phase, late = the last one (phase 0 and 1 when N = 1)."""
+    return (1, config.phases) if config.phases >= 2 else (0, 1)
+
+
+def _dedup(configs: Sequence[RunConfig]) -> list[RunConfig]:
+    seen, out = set(), []
+    for c in configs:
+        if c.config_hash() not in seen:
+            seen.add(c.config_hash())
+            out.append(c)
+    return out
+
+
+# ------------------------------------------------------------------ notebook parameters
+_COMMON = {
+    "dataset": "caltech100",
+    "profile": "quick",
+    "memory_per_class": 20,
+    "results_dir": "../results",
+    "figures_dir": "../figures",
+    "compute_missing": True,
+    "device": "auto",
+}
+_PHASES_SEEDS = {"phases": [5, 10, 25], "seeds": list(SEEDS)}
+_SNAPSHOT = {"snapshot_method": "lucir", "snapshot_exemplars": list(SNAPSHOT_EXEMPLARS),
+             "snapshot_phases": 5, "snapshot_seed": 1993}
+
+#: Every notebook's parameters and their defaults (the notebooks' parameters cells must match;
+#: tests/test_notebooks.py checks it).
+NOTEBOOK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "table1": {**_COMMON, **_PHASES_SEEDS, "methods": list(TABLE1_METHODS)},
+    "figure4_curves": {**_COMMON, **_PHASES_SEEDS, "methods": list(TABLE1_METHODS)},
+    "forgetting": {**_COMMON, **_PHASES_SEEDS, "forgetting_methods": list(FORGETTING_METHODS)},
+    "ablation_exemplars": {**_COMMON, "seeds": list(SEEDS), "ablation_phases": [5],
+                           "ablation_methods": list(ABLATION_METHODS), "ablation_exemplars": list(EXEMPLARS),
+                           "ablation_extras": list(ABLATION_EXTRAS)},
+    "sweep_mnemonics": {**_COMMON, "sweep_inner_lr": [0.001, 0.01, 0.1], "sweep_outer_lr": [0.001, 0.01, 0.1],
+                        "sweep_inner_steps": [1, 3], "sweep_phases": 5, "sweep_seed": 1993},
+    "figure1_tsne": {**_COMMON, **_SNAPSHOT},
+    "exemplar_images": {**_COMMON, **_SNAPSHOT},
+}
+NOTEBOOKS = tuple(NOTEBOOK_DEFAULTS)
+ALL_PARAMETERS = frozenset(k for d in NOTEBOOK_DEFAULTS.values() for k in d)
+#: Keys of a params file that are not notebook parameters (read by the CLI only).
+STUDY_KEYS = frozenset({"variants"})
+_SCALARS = (bool, int, float, str, type(None))
+_IPYTHON_NAMES = frozenset({"In", "Out"})
+INJECTED_MARK = "# Parameters"  # first line of the cell papermill injects (its default comment)
+
+
+def _plain(value: Any) -> bool:
+    """A value papermill can inject: scalars and lists/dicts of them (YAML/JSON data)."""
+    if isinstance(value, _SCALARS):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def injected_names(namespace: Mapping[str, Any]) -> set[str] | None:
+    """Names assigned by papermill's injected cell, read from IPython's input history ``In``
+    (every executed cell's source); None outside IPython. Exact: later cells of the notebook
+    (or a re-run of the checking cell) cannot add names to it."""
+    history = namespace.get("In")
+    if not isinstance(history, list):
+        return None
+    import ast
+
+    names: set[str] = set()
+    for src in history:
+        if isinstance(src, str) and src.lstrip().startswith(INJECTED_MARK):
+            try:
+                tree = ast.parse(src)
+            except SyntaxError:
+                continue
+            names = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                     for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                     if isinstance(t, ast.Name)}
+    return names
+
+
+def check_parameters(namespace: Mapping[str, Any] | Iterable[str], notebook: str) -> dict[str, Any]:
+    """Fail on a parameter name that no notebook of the study knows; return this notebook's
+    parameters. Notebooks call ``study.check_parameters(globals(), "<name>")`` after the parameters
+    cell and papermill's injected cell.
+
+    The candidate names: in IPython, the names assigned by papermill's injected cell (found in the
+    input history ``In``, see :func:`injected_names`); for any other mapping, its public names
+    holding plain data (what papermill could inject; modules, functions, ``In``/``Out`` are not);
+    for an iterable, its names. A name of another notebook of the study (``-f params/quick.yaml``
+    passes all of them to every notebook) is ignored with a warning; a name no notebook knows (a
+    typo) raises :class:`ParameterError` listing this notebook's known parameters.
+    """
+    if notebook not in NOTEBOOK_DEFAULTS:
+        raise ParameterError(f"unknown notebook {notebook!r}; known: {list(NOTEBOOKS)}")
+    known = NOTEBOOK_DEFAULTS[notebook]
+    if isinstance(namespace, Mapping):
+        names = injected_names(namespace)
+        if names is None:
+            names = {k for k, v in namespace.items()
+                     if not k.startswith("_") and k not in _IPYTHON_NAMES and _plain(v)}
+    else:
+        names = set(namespace)
+    unknown = names - set(known) - ALL_PARAMETERS - STUDY_KEYS
+    if unknown:
+        raise ParameterError(
+            f"unknown parameter(s) {sorted(unknown)} for notebook {notebook!r}; known parameters: "
+            f"{sorted(known)}")
+    ignored = sorted(names & (ALL_PARAMETERS | STUDY_KEYS) - set(known))
+    if ignored:
+        warnings.warn(f"{notebook}: ignoring parameters of other notebooks: {ignored}", stacklevel=2)
+    if isinstance(namespace, Mapping):
+        missing = sorted(set(known) - set(namespace))
+        if missing:
+            raise ParameterError(f"{notebook}: parameters {missing} are not defined (parameters cell edited?)")
+        return {k: namespace[k] for k in known}
+    return {}
+
+
+def notebook_parameters(notebook: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """This notebook's parameters from a params file: its defaults overridden by the file's keys."""
+    known = NOTEBOOK_DEFAULTS[notebook]
+    return {k: params.get(k, v) for k, v in known.items()}
+
+
+def _common(p: Mapping[str, Any]) -> dict[str, Any]:
+    return {"memory_per_class": int(p["memory_per_class"])}
+
+
+def notebook_configs(notebook: str, params: Mapping[str, Any]) -> list[RunConfig]:
+    """The configs a notebook builds from its parameters (the same calls its cell 4 makes)."""
+    p = notebook_parameters(notebook, params)
+    ds, prof = p["dataset"], p["profile"]
+    if notebook in ("table1", "figure4_curves"):
+        return table1_configs(ds, p["phases"], p["seeds"], p["methods"], prof, **_common(p))
+    if notebook == "forgetting":
+        return forgetting_configs(ds, p["phases"], p["seeds"], p["forgetting_methods"], prof, **_common(p))
+    if notebook == "ablation_exemplars":
+        return ablation_configs(ds, p["ablation_phases"], p["seeds"], prof, p["ablation_methods"],
+                                p["ablation_exemplars"], p["ablation_extras"], **_common(p))
+    if notebook == "sweep_mnemonics":
+        return sweep_configs(ds, p["sweep_inner_lr"], p["sweep_outer_lr"], p["sweep_inner_steps"],
+                             p["sweep_phases"], p["sweep_seed"], prof, **_common(p))
+    return snapshot_configs(ds, p["snapshot_method"], p["snapshot_exemplars"], p["snapshot_phases"],
+                            p["snapshot_seed"], prof, **_common(p))
+
+
+# ------------------------------------------------------------------ tasks and priority
+@dataclass(frozen=True)
+class Task:
+    """One cached computation. ``artifacts``: every artifact that needs it (first = priority)."""
+
+    config: RunConfig
+    study: str = STUDY_RUNS
+    kind: str = "run"  # run | snapshot
+    artifacts: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.study, self.kind, self.config.config_hash())
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"{self.study}/{c.dataset}-{spec_of(c)}-N{c.phases}-s{c.seed}-{c.profile} "
+                f"[{c.config_hash()}] ({', '.join(self.artifacts)})")
+
+
+def notebook_tasks(notebook: str, params: Mapping[str, Any], artifact: str | None = None) -> list[Task]:
+    artifact = artifact or notebook
+    configs = notebook_configs(notebook, params)
+    if notebook in ("figure1_tsne", "exemplar_images"):
+        return [Task(c, STUDY_SNAPSHOTS, "snapshot", (artifact,)) for c in configs]
+    where = STUDY_SWEEPS if notebook == "sweep_mnemonics" else STUDY_RUNS
+    return [Task(c, where, "run", (artifact,)) for c in configs]
+
+
+def variant_params(params: Mapping[str, Any]) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """``variants`` of a params file: (name, notebooks, parameters with the overrides applied)."""
+    out = []
+    for name, spec in dict(params.get("variants") or {}).items():
+        spec = dict(spec)
+        notebooks = as_list(spec.pop("notebooks", ["table1", "figure4_curves"]))
+        bad = [n for n in notebooks if n not in NOTEBOOK_DEFAULTS] + [k for k in spec if k not in ALL_PARAMETERS]
+        if bad:
+            raise ParameterError(f"variant {name!r}: unknown notebooks/parameters {bad}; "
+                                 f"notebooks: {list(NOTEBOOKS)}, parameters: {sorted(ALL_PARAMETERS)}")
+        merged = {k: v for k, v in params.items() if k not in STUDY_KEYS}
+        out.append((name, notebooks, {**merged, **spec}))
+    return out
+
+
+def all_configs(params: Mapping[str, Any]) -> list[Task]:
+    """Every task every notebook needs for a params file, in PRIORITY order, deduplicated:
+    Table 1 (all N), the LUCIR exemplar ablation (with the deconfounding extras), the mnemonics
+    sensitivity sweep, the variants (CIFAR-10 five methods), the snapshots, the plug-in ablations
+    (the other methods), then anything else (forgetting-only runs, the curves)."""
+    p = dict(params)
+    abl = notebook_parameters("ablation_exemplars", p)
+    lucir_first = [m for m in as_list(abl["ablation_methods"]) if m == "lucir"]
+    others = [m for m in as_list(abl["ablation_methods"]) if m != "lucir"]
+    groups: list[list[Task]] = [
+        notebook_tasks("table1", p),
+        notebook_tasks("ablation_exemplars", {**p, "ablation_methods": lucir_first}),
+        notebook_tasks("sweep_mnemonics", p),
+    ]
+    for name, notebooks, vp in variant_params(p):
+        for nb in notebooks:
+            groups.append(notebook_tasks(nb, vp, f"{nb}[{name}]"))
+    groups += [
+        notebook_tasks("figure1_tsne", p),
+        notebook_tasks("exemplar_images", p),
+        notebook_tasks("ablation_exemplars", {**p, "ablation_methods": others, "ablation_extras": []}),
+        notebook_tasks("ablation_exemplars", p),  # attribution only: all already listed
+        notebook_tasks("forgetting", p),
+        notebook_tasks("figure4_curves", p),
+    ]
+    merged: dict[tuple, Task] = {}
+    for group in groups:
+        for t in group:
+            if t.key in merged:
+                old = merged[t.key]
+                if t.artifacts[0] not in old.artifacts:
+                    merged[t.key] = dataclasses.replace(old, artifacts=old.artifacts + t.artifacts)
+            else:
+                merged[t.key] = t
+    return list(merged.values())
+
+
+def artifact_name(artifact: str) -> str:
+    """``table1[cifar10]`` -> ``table1`` (the notebook behind an artifact)."""
+    return artifact.split("[", 1)[0]
+
+
+def select_tasks(tasks: Sequence[Task], only: Iterable[str] | None) -> list[Task]:
+    """Tasks needed by any of the ``only`` artifacts (notebook names or ``name[variant]``)."""
+    only = [o for o in as_list(list(only) if only is not None else None) if o]
+    if not only:
+        return list(tasks)
+    known = {a for t in tasks for a in t.artifacts} | {artifact_name(a) for t in tasks for a in t.artifacts}
+    bad = [o for o in only if o not in known]
+    if bad:
+        raise ParameterError(f"unknown artifact(s) {bad}; known: {sorted(known)}")
+    return [t for t in tasks if any(a in only or artifact_name(a) in only for a in t.artifacts)]
+
+
+# ------------------------------------------------------------------ running
+@dataclass
+class Outcome:
+    task: Task
+    status: str  # cached | computed | missing | failed | skipped
+    record: Any = None  # results.RunRecord
+    error: str | None = None
+    wall_s: float = 0.0
+
+
+def _resolve_device(device: str | None) -> str | None:
+    return None if device in (None, "", "auto") else device
+
+
+def compute_task(task: Task, root: str | os.PathLike, device: str | None = "auto"):
+    """Load ``task`` from the ledger or compute and store it; returns the RunRecord."""
+    from . import results
+
+    dev = _resolve_device(device)
+    if task.kind == "snapshot":
+        return snapshot(task.config, None, root, device=dev)
+    from .trainer import run_incremental
+
+    return results.run_or_load(task.config, lambda c: run_incremental(c, dev), root, study=task.study)
+
+
+def _worker(task: Task, root: str, device: str | None, threads: int | None):
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format=f"[worker {os.getpid()}] %(levelname)s %(name)s: %(message)s")
+    t0 = time.perf_counter()
+    rec = compute_task(task, root, device)
+    return rec, time.perf_counter() - t0
+
+
+def launch_order(tasks: Sequence[Task], jobs: int) -> list[Task]:
+    """With several workers, start one task per distinct phase 0 first (configs sharing phase 0
+    then load it from the trainer's shared cache instead of training it twice at once), then the
+    rest, each group in priority order. One worker: priority order unchanged."""
+    if jobs <= 1:
+        return list(tasks)
+    from .methods import get_method
+    from .trainer import phase0_key
+
+    first, rest, seen = [], [], set()
+    for t in tasks:
+        k = phase0_key(t.config, get_method(t.config.method))
+        (rest if k in seen else first).append(t)
+        seen.add(k)
+    return first + rest
+
+
+def run_tasks(tasks: Sequence[Task], root: str | os.PathLike, device: str | None = "auto", jobs: int = 1,
+              compute_missing: bool = True, time_limit: float | None = None, threads: int | None = None,
+              progress: Any = None) -> list[Outcome]:
+    """Load every cached task; compute the missing ones (``jobs`` > 1: a spawn process pool, one
+    task per worker at a time; safe because the ledger publishes runs atomically).
+
+    ``time_limit`` (seconds): no new computation starts after it; those tasks come back
+    ``skipped``. Failures come back ``failed`` with the error text (the others still run).
+    Returns one :class:`Outcome` per task, in the order given.
+    """
+    from . import results
+
+    t_start = time.perf_counter()
+    say = progress or (lambda msg: log.info("%s", msg))
+    outcomes: dict[tuple, Outcome] = {}
+    todo: list[Task] = []
+    for t in tasks:
+        try:
+            rec = results.require_cached(t.config, root, study=t.study)
+        except results.MissingRunError as e:
+            if compute_missing:
+                todo.append(t)
+            else:
+                outcomes[t.key] = Outcome(t, "missing", error=str(e))
+        else:
+            outcomes[t.key] = Outcome(t, "cached", rec)
+    todo = launch_order(list({t.key: t for t in todo}.values()), jobs)
+    if todo:
+        say(f"{len(outcomes)} cached, {len(todo)} to compute with {jobs} worker(s)")
+
+    def expired() -> bool:
+        return time_limit is not None and time.perf_counter() - t_start > time_limit
+
+    if jobs <= 1:
+        for i, t in enumerate(todo):
+            if expired():
+                outcomes[t.key] = Outcome(t, "skipped", error="time limit reached")
+                continue
+            say(f"[{i + 1}/{len(todo)}] computing {t.describe()}")
+            t0 = time.perf_counter()
+            try:
+                rec = compute_task(t, root, device)
+                outcomes[t.key] = Outcome(t, "computed", rec, wall_s=time.perf_counter() - t0)
+            except Exception as e:  # noqa: BLE001 - reported per task, the batch goes on
+                log.exception("task %s failed", t.describe())
+                outcomes[t.key] = Outcome(t, "failed", error=f"{type(e).__name__}: {e}")
+    else:
+        _run_pool(todo, outcomes, str(root), device, jobs, threads, expired, say)
+    return [outcomes[t.key] for t in tasks]
+
+
+def _run_pool(todo, outcomes, root, device, jobs, threads, expired, say) -> None:
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    queue = list(todo)
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        running: dict[cf.Future, Task] = {}
+        n = 0
+        while queue or running:
+            while queue and len(running) < jobs and not expired():
+                t = queue.pop(0)
+                n += 1
+                say(f"[{n}/{len(todo)}] starting {t.describe()}")
+                running[pool.submit(_worker, t, root, device, threads)] = t
+            if not running:
+                break
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                t = running.pop(fut)
+                try:
+                    rec, wall = fut.result()
+                    outcomes[t.key] = Outcome(t, "computed", rec, wall_s=wall)
+                    say(f"done {t.describe()} in {wall:.0f}s")
+                except Exception as e:  # noqa: BLE001
+                    outcomes[t.key] = Outcome(t, "failed", error=f"{type(e).__name__}: {e}")
+                    say(f"FAILED {t.describe()}: {type(e).__name__}: {e}")
+    for t in queue:
+        outcomes[t.key] = Outcome(t, "skipped", error="time limit reached")
+
+
+def run_configs(configs: Sequence[RunConfig | Task], root: str | os.PathLike, device: str | None = "auto",
+                jobs: int = 1, compute_missing: bool = True, study: str = STUDY_RUNS) -> list:
+    """The notebooks' entry point: a RunRecord per config (cached, else computed; with
+    ``compute_missing=False`` a missing run raises ``results.MissingRunError``)."""
+    from . import results
+
+    tasks = [c if isinstance(c, Task) else Task(c, study) for c in configs]
+    if not compute_missing:
+        return [results.require_cached(t.config, root, study=t.study) if t.kind == "run"
+                else _require_snapshot(t.config, root) for t in tasks]
+    outs = run_tasks(tasks, root, device, jobs=jobs)
+    failed = [o for o in outs if o.status != "cached" and o.status != "computed"]
+    if failed:
+        raise RuntimeError("; ".join(f"{o.task.describe()}: {o.error}" for o in failed))
+    return [o.record for o in outs]
+
+
+def snapshot_tasks(configs: Sequence[RunConfig]) -> list[Task]:
+    return [Task(c, STUDY_SNAPSHOTS, "snapshot") for c in configs]
+
+
+def _require_snapshot(config: RunConfig, root):
+    from . import results
+
+    return results.require_cached(config, root, study=STUDY_SNAPSHOTS)
+
+
+# ------------------------------------------------------------------ snapshots (Fig. 1, images)
+def snapshot(config: RunConfig, phases: Sequence[int] | None, root: str | os.PathLike,
+             device: str | None = None, compute_missing: bool = True):
+    """A cached run (study ``snapshots``) that records, at an early and a late phase, what the
+    t-SNE and exemplar-image figures need (see :func:`record_snapshots`). ``phases``:
+    None for :func:`default_snapshot_phases`. Returns the RunRecord; its metrics hold the trainer's
+    metrics plus ``snapshots`` (one entry per recorded phase)."""
+    from . import results
+
+    want = tuple(phases) if phases is not None else default_snapshot_phases(config)
+    if any(not 0 <= p <= config.phases for p in want):
+        raise ValueError(f"snapshot phases {want} outside 0..{config.phases}")
+    compute = functools.partial(record_snapshots, phases=want, device=_resolve_device(device))
+    rec = (results.run_or_load(config, compute, root, study=STUDY_SNAPSHOTS) if compute_missing
+           else results.require_cached(config, root, study=STUDY_SNAPSHOTS))
+    got = tuple(s["phase"] for s in rec.metrics.get("snapshots", []))
+    if got != want:
+        raise ValueError(f"cached snapshot {rec.path} recorded phases {got}, not {want}; ask for "
+                         f"phases={got} or move that run directory aside to record others")
+    return rec
+
+
+def snapshot_records(configs: Sequence[RunConfig], root: str | os.PathLike, device: str | None = "auto",
+                     compute_missing: bool = True) -> list:
+    """:func:`snapshot` for each config with the default phases (the notebooks' entry point)."""
+    return [snapshot(c, None, root, device=_resolve_device(device), compute_missing=compute_missing)
+            for c in configs]
+
+
+SNAPSHOT_CLASSES = 5  # classes shown in colour (the first five of the class order)
+SNAPSHOT_REAL_PER_CLASS = 60  # real images per class kept for the t-SNE and the margins
+
+
+def _margins(feats, labels, means):
+    """(cosine to own class mean) - (max cosine to another class mean); feats, means normalised."""
+    import torch
+
+    cos = feats @ means.T  # (n, C)
+    own = cos.gather(1, labels.view(-1, 1)).squeeze(1)
+    other = cos.scatter(1, labels.view(-1, 1), float("-inf")).max(1).values
+    return own - other
+
+
+def _rounded(t, digits: int = 4) -> list:
+    return [[round(float(v), digits) for v in row] for row in t.tolist()] if t.dim() == 2 else \
+        [round(float(v), digits) for v in t.tolist()]
+
+
+def _snapshot_phase(phase: int, model, memory, data) -> dict[str, Any]:
+    """What one recorded phase keeps (JSON-able): see :func:`record_snapshots`."""
+    import base64
+
+    import numpy as np
+    import torch
+
+    from .evaluation import class_means, normalised_features
+
+    model.eval()
+    n_seen = data.plan.seen_classes(phase)
+    shown = list(range(min(SNAPSHOT_CLASSES, n_seen)))
+    y_all = data.train.y
+    rng = np.random.RandomState(0)
+    keep = []
+    for c in range(n_seen):
+        idx = torch.nonzero(y_all == c).flatten().cpu().numpy()
+        keep.append(np.sort(rng.permutation(idx)[:SNAPSHOT_REAL_PER_CLASS]))
+    keep_t = torch.as_tensor(np.concatenate(keep), device=y_all.device)
+    seen_idx = data.train.select(list(range(n_seen)))
+    # true class centres: every real training image of the seen classes (flip-averaged, as NME)
+    means = class_means(model, data.norm(data.train.x[seen_idx]), y_all[seen_idx], n_seen)
+    real_f = normalised_features(model, data.norm(data.train.x[keep_t]))
+    real_y = y_all[keep_t]
+    ex_x, ex_y = memory.tensors(list(range(n_seen)))
+    ex_f = normalised_features(model, ex_x.to(means.device))
+    ex_y = ex_y.to(means.device)
+    show_real = torch.isin(real_y, torch.as_tensor(shown, device=real_y.device))
+    show_ex = torch.isin(ex_y, torch.as_tensor(shown, device=ex_y.device))
+    px_x, px_y = memory.tensors(shown)
+    pixels = data.norm.denormalise(px_x.to(means.device)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    return {
+        "phase": phase, "n_classes": n_seen, "classes": shown,
+        "real_features": _rounded(real_f[show_real]), "real_labels": real_y[show_real].tolist(),
+        "exemplar_features": _rounded(ex_f[show_ex]), "exemplar_labels": ex_y[show_ex].tolist(),
+        "class_means": _rounded(means), "mean_labels": list(range(n_seen)),
+        "exemplar_margin": _rounded(_margins(ex_f, ex_y, means)), "exemplar_margin_labels": ex_y.tolist(),
+        "real_margin": _rounded(_margins(real_f, real_y, means)), "real_margin_labels": real_y.tolist(),
+        # base64 of the raw uint8 bytes: 4x smaller than a JSON list of ints, still JSON text
+        "exemplar_pixels": {"shape": list(pixels.shape), "labels": px_y.tolist(),
+                            "uint8_base64": base64.b64encode(pixels.numpy().tobytes()).decode("ascii")},
+    }
+
+
+def record_snapshots(config: RunConfig, phases: tuple[int, ...], device: str | None = None) -> dict[str, Any]:
+    """Train ``config`` (no phase checkpoints, so every phase's callback runs) and record at each
+    of ``phases``: normalised features of <= 60 real training images per class of the first five
+    classes and of their exemplars, the real-data class means of all seen classes, the margin of
+    every exemplar and of the sampled real images of all seen classes (cosine to the own class
+    mean minus the largest cosine to another class mean; small = near a class boundary), and the
+    first five classes' exemplar pixels (uint8, denormalised)."""
+    from .trainer import run_incremental
+
+    recorded: list[dict[str, Any]] = []
+
+    def on_phase_end(phase, model, memory, data):
+        if phase in phases:
+            recorded.append(_snapshot_phase(phase, model, memory, data))
+
+    metrics = run_incremental(config, device, checkpoints=False, on_phase_end=on_phase_end)
+    metrics["snapshots"] = recorded
+    metrics["snapshot_settings"] = {"phases": list(phases), "classes": SNAPSHOT_CLASSES,
+                                    "real_per_class": SNAPSHOT_REAL_PER_CLASS, "features": "L2-normalised",
+                                    "class_means": "all real training images, flip-averaged (iCaRL)"}
+    return metrics
+
+
+def decode_pixels(entry: Mapping[str, Any]):
+    """``exemplar_pixels`` of a snapshot -> (uint8 array (M, 3, H, W), labels (M,))."""
+    import base64
+
+    import numpy as np
+
+    x = np.frombuffer(base64.b64decode(entry["uint8_base64"]), dtype=np.uint8).reshape(entry["shape"])
+    return x, np.asarray(entry["labels"])

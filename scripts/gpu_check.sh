@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One prepared check for a lent GPU machine (H100/H200); finishes within 8 minutes in total.
+#   (a) the GPU tests:  pytest -m gpu -q (bf16 vs fp32 LUCIR accuracy, the benchmark's CUDA path)
+#   (b) the benchmark on CUDA (scripts/bench.py): ours vs the field's DataLoader pipeline
+#   (c) a timed paper-schedule phase on CIFAR-100-shaped data (synthetic, 100 x 500, B50, batch 128):
+#       s/epoch of phase 0 and of an incremental phase, projected to a full 160-epoch N=10 LUCIR run
+# Everything goes to results/bench/ and, when $OUT is set, is copied there too (at most 8 files;
+# one tar file when there are more). Needs only python3 with torch, torchvision, numpy, tqdm and
+# pytest (the GPU image has them): the package is used from the checkout via PYTHONPATH.
+#
+#   bash scripts/gpu_check.sh                  # on the GPU machine
+#   GPU_CHECK_SMALL=1 bash scripts/gpu_check.sh  # dry run at tiny sizes (any machine, CPU too)
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# phase checkpoints of the tests go to a throw-away folder, not into the checkout
+export MNEMONICS_CHECKPOINTS="${MNEMONICS_CHECKPOINTS:-$(mktemp -d)}"
+SMALL="${GPU_CHECK_SMALL:-0}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-450}"  # 8 minutes minus slack for start-up and the copy to $OUT
+if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
+elif [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then PY=.venv/bin/python
+else PY=python3; fi
+
+DEST=results/bench
+mkdir -p "$DEST"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+LOG="$DEST/$STAMP-gpu-check.log"
+MARK="$(mktemp)"  # files newer than this are what this run wrote
+T0=$SECONDS
+declare -A RC
+
+say() { echo "[gpu-check +$((SECONDS - T0))s] $*" | tee -a "$LOG"; }
+
+# stage NAME CAP_SECONDS CMD...: run under `timeout`, capped by what is left of the budget
+stage() {
+  local name=$1 cap=$2; shift 2
+  local left=$((BUDGET_S - (SECONDS - T0) - 10))
+  local t=$(( cap < left ? cap : left ))
+  if [ "$t" -lt 20 ]; then say "$name: skipped, budget spent"; RC[$name]=skipped; return; fi
+  say "$name: start (timeout ${t}s): $*"
+  local s=$SECONDS
+  timeout --kill-after=10 "$t" "$@" 2>&1 | tee -a "$LOG"
+  RC[$name]=${PIPESTATUS[0]}
+  say "$name: rc=${RC[$name]} in $((SECONDS - s))s"
+}
+
+say "python: $PY; small=$SMALL; budget ${BUDGET_S}s"
+"$PY" - <<'PY' 2>&1 | tee -a "$LOG"
+import torch, torchvision
+print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.version.cuda,
+      "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (no CUDA)")
+PY
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG"
+
+# only the files that hold gpu tests: collecting the notebook tests would need jupyter packages
+GPU_TESTS=$(grep -l "mark.gpu" tests/test_*.py)
+stage pytest 130 "$PY" -m pytest -m gpu -q -p no:cacheprovider -s --junitxml="$DEST/$STAMP-gpu-pytest.xml" $GPU_TESTS
+if [ "$SMALL" = 1 ]; then
+  stage bench 220 "$PY" scripts/bench.py --quick --out "$DEST"  # 2 shared CPU cores: slow
+  stage projection 100 "$PY" scripts/bench.py --paper-projection --small --out "$DEST"
+else
+  stage bench 180 "$PY" scripts/bench.py --out "$DEST"
+  stage projection 150 "$PY" scripts/bench.py --paper-projection --out "$DEST"
+fi
+
+say "summary: pytest=${RC[pytest]} bench=${RC[bench]} projection=${RC[projection]} (124/137 = timed out)"
+if [ -n "${OUT:-}" ]; then
+  mapfile -t NEW < <(find "$DEST" -maxdepth 1 -type f -newer "$MARK" | sort)
+  if [ "${#NEW[@]}" -le 8 ]; then
+    cp "${NEW[@]}" "$OUT"/
+  else
+    tar -czf "$OUT/$STAMP-gpu-check.tar.gz" "${NEW[@]}"
+  fi
+  echo "copied ${#NEW[@]} file(s) to $OUT"
+fi
+rm -f "$MARK"
+for k in pytest bench projection; do [ "${RC[$k]}" = 0 ] || exit 1; done
+exit 0

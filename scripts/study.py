@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""The study's command line: compute the runs every notebook needs, or execute the notebooks.
+
+    python scripts/study.py results --profile quick --jobs 2 --time-limit 36000
+    python scripts/study.py results --profile quick --only table1,figure4_curves --dry-run
+    python scripts/study.py figures --profile quick
+
+``results`` reads ``params/<profile>.yaml``, enumerates every run of every notebook in priority
+order (``mnemonics_lib.study.all_configs``) and computes the missing ones (resumable: finished runs
+are cached by config hash, a crashed run resumes from its last phase checkpoint). ``figures``
+executes every notebook with Papermill into ``build/notebooks/`` (the notebooks write tables and
+figures into the params file's ``figures_dir``), computing a missing run only at that profile.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = ROOT / "notebooks"
+BUILD_DIR = ROOT / "build" / "notebooks"
+
+
+def load_params(profile: str) -> dict:
+    import yaml
+
+    path = ROOT / "params" / f"{profile}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (ROOT / "params").glob("*.yaml"))
+        sys.exit(f"no params file {path}; known profiles: {known}")
+    params = yaml.safe_load(path.read_text()) or {}
+    from mnemonics_lib import study
+
+    bad = sorted(set(params) - study.ALL_PARAMETERS - study.STUDY_KEYS)
+    if bad:
+        sys.exit(f"{path}: unknown keys {bad}; known: {sorted(study.ALL_PARAMETERS | study.STUDY_KEYS)}")
+    return params
+
+
+def notebook_path(value: str) -> Path:
+    """A params-file path is relative to notebooks/ (where the notebooks run)."""
+    return (NOTEBOOK_DIR / value).resolve()
+
+
+def _only(arg: str | None) -> list[str] | None:
+    return [a.strip() for a in arg.split(",") if a.strip()] if arg else None
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from mnemonics_lib import study
+
+    params = load_params(args.profile)
+    tasks = study.select_tasks(study.all_configs(params), _only(args.only))
+    root = notebook_path(params.get("results_dir", "../results"))
+    print(f"{len(tasks)} tasks for profile {args.profile} in {root}")
+    for art, n in Counter(t.artifacts[0] for t in tasks).items():
+        print(f"  {art}: {n}")
+    if args.dry_run:
+        outs = study.run_tasks(tasks, root, compute_missing=False)
+        for o in outs:
+            print(f"  {o.status:8s} {o.task.describe()}")
+        print(dict(Counter(o.status for o in outs)))
+        return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    outs = study.run_tasks(tasks, root, device=args.device, jobs=args.jobs, time_limit=args.time_limit,
+                           threads=args.threads, progress=print)
+    counts = Counter(o.status for o in outs)
+    for o in outs:
+        if o.status == "failed":
+            print(f"FAILED {o.task.describe()}: {o.error}")
+    print(f"{dict(counts)} in {time.perf_counter() - t0:.0f} s")
+    return 1 if counts.get("failed") else 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    import papermill as pm
+
+    from mnemonics_lib import study
+
+    params = load_params(args.profile)
+    if args.device:
+        params["device"] = args.device
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the notebook kernels
+    runs = [(nb, nb, study.notebook_parameters(nb, params)) for nb in study.NOTEBOOKS]
+    for name, notebooks, vparams in study.variant_params(params):
+        runs += [(nb, f"{nb}-{name}", study.notebook_parameters(nb, vparams)) for nb in notebooks]
+    only = _only(args.only)
+    if only:
+        runs = [r for r in runs if r[0] in only or r[1] in only]
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    t_all, failed = time.perf_counter(), []
+    for nb, out_name, nb_params in runs:
+        out = BUILD_DIR / f"{out_name}.ipynb"
+        fig_dir = notebook_path(nb_params["figures_dir"])
+        t0 = time.time()
+        print(f"== {nb}.ipynb -> {out.relative_to(ROOT)}", flush=True)
+        try:
+            pm.execute_notebook(str(NOTEBOOK_DIR / f"{nb}.ipynb"), str(out), parameters=nb_params,
+                                kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
+        except pm.PapermillExecutionError as e:
+            failed.append(out_name)
+            print(f"   FAILED ({e.ename}: {e.evalue}); see {out}")
+            continue
+        made = sorted(p for p in fig_dir.glob("*") if p.is_file() and p.stat().st_mtime >= t0 - 1)
+        for p in made:
+            print(f"   {p}")
+        print(f"   {time.time() - t0:.0f} s")
+    print(f"{len(runs) - len(failed)}/{len(runs)} notebooks in {time.perf_counter() - t_all:.0f} s"
+          + (f"; failed: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("results", help="compute the missing runs of every notebook (priority order)")
+    r.add_argument("--profile", default="quick", help="params/<profile>.yaml (smoke | quick | paper)")
+    r.add_argument("--jobs", type=int, default=1, help="worker processes (one run each at a time)")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    r.add_argument("--only", help="comma-separated artifacts, e.g. table1,figure1_tsne")
+    r.add_argument("--time-limit", type=float, default=None, help="seconds; no new run starts after it")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: cores / jobs for a pool)")
+    r.add_argument("--dry-run", action="store_true", help="list the tasks and whether each is cached")
+    r.set_defaults(func=cmd_results)
+    f = sub.add_parser("figures", help="execute every notebook with params/<profile>.yaml")
+    f.add_argument("--profile", default="quick")
+    f.add_argument("--only", help="comma-separated notebook names (or name-variant)")
+    f.add_argument("--device", default=None, help="override the params file's device")
+    f.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the notebook kernels")
+    f.set_defaults(func=cmd_figures)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

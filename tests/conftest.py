@@ -1,0 +1,25 @@
+"""Shared fixtures: checkpoints go to a temporary folder, never into the repository's checkpoints/."""
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _checkpoints_in_tmp(tmp_path_factory):
+    """Every test (and the trainer's shared phase-0 cache) writes checkpoints under a tmp dir.
+
+    Tests that need a private checkpoint root monkeypatch MNEMONICS_CHECKPOINTS again.
+    """
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MNEMONICS_CHECKPOINTS", str(tmp_path_factory.mktemp("checkpoints")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The test machines are 2 shared cores: intra-op threads spinning against another process
+    make a tiny network's step ~30x slower than one thread does."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,172 @@
+"""Notebook structure (conventions.md: one parameters cell first, no outputs, no def/class/magics/
+absolute paths, defaults equal to the library's) and every notebook executed with params/smoke.yaml
+through Papermill, with results and figures in a temporary folder shared by all notebooks (runs are
+reused across notebooks through the ledger, as with ``make figures``)."""
+import ast
+import json
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from mnemonics_lib import study
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+# execution order: later notebooks reuse the runs of earlier ones
+ORDER = ["table1", "figure4_curves", "forgetting", "ablation_exemplars", "sweep_mnemonics",
+         "figure1_tsne", "exemplar_images"]
+EXPECTED = {  # files each notebook must write at smoke size (dataset synthetic, profile smoke)
+    "table1": ["table1_synthetic_smoke.md", "table1_synthetic_smoke.csv", "table1_synthetic_smoke.json"],
+    "figure4_curves": ["figure4_curves_synthetic_smoke.png", "figure4_curves_synthetic_smoke.pdf",
+                       "figure4_curves_synthetic_smoke.json"],
+    "forgetting": ["forgetting_synthetic_smoke.md", "forgetting_synthetic_smoke.csv"],
+    "ablation_exemplars": ["ablation_exemplars_synthetic_smoke.md", "ablation_exemplars_synthetic_smoke.csv"],
+    "sweep_mnemonics": ["sweep_mnemonics_synthetic_smoke.md", "sweep_mnemonics_synthetic_smoke.png"],
+    "figure1_tsne": ["figure1_tsne_synthetic_smoke.png", "figure1_tsne_synthetic_smoke.pdf",
+                     "exemplar_margins_synthetic_smoke.png", "exemplar_margins_synthetic_smoke.md"],
+    "exemplar_images": ["exemplar_images_early_synthetic_smoke.png", "exemplar_images_late_synthetic_smoke.pdf"],
+}
+SIDE = {  # the sidecar whose config hashes must equal what study.notebook_configs enumerates
+    "table1": "table1_synthetic_smoke.json", "figure4_curves": "figure4_curves_synthetic_smoke.json",
+    "forgetting": "forgetting_synthetic_smoke.json", "ablation_exemplars": "ablation_exemplars_synthetic_smoke.json",
+    "sweep_mnemonics": "sweep_mnemonics_synthetic_smoke.json", "figure1_tsne": "figure1_tsne_synthetic_smoke.json",
+    "exemplar_images": "exemplar_images_early_synthetic_smoke.json",
+}
+
+
+def notebooks() -> list[str]:
+    return sorted(p.stem for p in NB_DIR.glob("*.ipynb"))
+
+
+def smoke_params() -> dict:
+    return yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
+
+
+def test_every_notebook_is_known_to_the_study_and_ordered():
+    assert notebooks() == sorted(study.NOTEBOOKS) == sorted(ORDER)
+
+
+# ------------------------------------------------------------------ structure
+@pytest.mark.parametrize("name", sorted(study.NOTEBOOKS))
+def test_structure(name):
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.cells[0].cell_type == "markdown"
+    md = nb.cells[0].source
+    for word in ("papermill", "make figures", "Runtime", "What differs here", "caltech100"):
+        assert word in md, f"cell 1 lacks {word!r}"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[0], "exactly one parameters cell, the first code cell"
+    assert 6 <= len(nb.cells) <= 9
+    for c in code:
+        assert not c.get("outputs") and c.get("execution_count") is None, "outputs are committed"
+        tree = ast.parse(c.source)
+        assert not any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))
+                       for n in ast.walk(tree)), "def/class/lambda in a notebook"
+        assert not re.search(r"^\s*[%!]", c.source, re.M), "magic or shell escape"
+        strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        assert not [s for s in strings if re.match(r"^(/|~|[A-Za-z]:\\)", s)], "absolute path"
+
+
+@pytest.mark.parametrize("name", sorted(study.NOTEBOOKS))
+def test_parameters_cell_is_annotated_literals_matching_the_library(name):
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    tree = ast.parse(cell.source)
+    found = {}
+    for stmt in tree.body:
+        assert isinstance(stmt, ast.AnnAssign), f"not an annotated assignment: {ast.unparse(stmt)}"
+        found[stmt.target.id] = ast.literal_eval(stmt.value)
+    assert found == study.NOTEBOOK_DEFAULTS[name], "notebook defaults drifted from study.NOTEBOOK_DEFAULTS"
+    for line in cell.source.splitlines():
+        assert "  # " in line, f"parameter without a help comment: {line}"
+    assert found["results_dir"] == "../results" and found["profile"] == "quick"
+
+
+# ------------------------------------------------------------------ execution (smoke)
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Execute every notebook once with params/smoke.yaml; results and figures in a tmp folder."""
+    import papermill as pm
+
+    tmp = tmp_path_factory.mktemp("notebooks")
+    env = pytest.MonkeyPatch()
+    env.setenv("OMP_NUM_THREADS", "1")  # kernels inherit it: 2 shared cores (see conftest)
+    params = {**smoke_params(), "results_dir": str(tmp / "results"), "figures_dir": str(tmp / "figures")}
+    out = {}
+    for name in ORDER:
+        out[name] = tmp / f"{name}.ipynb"
+        pm.execute_notebook(str(NB_DIR / f"{name}.ipynb"), str(out[name]), parameters=params,
+                            kernel_name="python3", cwd=str(NB_DIR), progress_bar=False)
+    yield {"dir": tmp, "notebooks": out, "params": params}
+    env.undo()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ORDER)
+def test_notebook_runs_with_smoke_params(executed, name):
+    nb = nbformat.read(executed["notebooks"][name], as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
+    assert nb.metadata["papermill"]["parameters"]["profile"] == "smoke"
+    figs = executed["dir"] / "figures"
+    for f in EXPECTED[name]:
+        assert (figs / f).is_file() and (figs / f).stat().st_size > 0, f
+    side = json.loads((figs / SIDE[name]).read_text())
+    want = sorted(c.config_hash() for c in study.notebook_configs(name, executed["params"]))
+    assert side["config_hashes"] == want, "the notebook read other runs than study enumerates"
+    assert side["profile"] == "smoke" and side["dataset"] == "synthetic" and side["commits"]
+
+
+@pytest.mark.slow
+def test_unknown_parameter_fails_with_the_known_list(executed):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(NB_DIR / "table1.ipynb"), str(executed["dir"] / "bad.ipynb"),
+                            parameters={**executed["params"], "phase": 10}, kernel_name="python3",
+                            cwd=str(NB_DIR), progress_bar=False)
+    assert e.value.ename == "ParameterError"
+    assert "'phase'" in e.value.evalue and "known parameters" in e.value.evalue and "'phases'" in e.value.evalue
+
+
+@pytest.mark.slow
+def test_scalar_parameters_work(executed):
+    """`-p phases 2 -p seeds 1993 -p methods lucir`: scalars where lists are the default."""
+    import papermill as pm
+
+    figs = executed["dir"] / "scalar"
+    params = {**executed["params"], "phases": 2, "seeds": 1993, "methods": "lucir", "figures_dir": str(figs)}
+    pm.execute_notebook(str(NB_DIR / "table1.ipynb"), str(executed["dir"] / "scalar.ipynb"), parameters=params,
+                        kernel_name="python3", cwd=str(NB_DIR), progress_bar=False)
+    side = json.loads((figs / "table1_synthetic_smoke.json").read_text())
+    c = study.make_run("lucir", dataset="synthetic", phases=2, seed=1993, profile="smoke", memory_per_class=5)
+    assert side["config_hashes"] == [c.config_hash()]
+
+
+@pytest.mark.slow
+def test_kernel_input_history_holds_the_injected_cell(tmp_path):
+    """The mechanism behind check_parameters: in a papermill kernel, ``In`` holds the injected
+    cell, so exactly the injected names are found (a literal defined by a later cell is not)."""
+    import papermill as pm
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    params = new_code_cell("phases: int = 5  # N")
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[params, new_code_cell("later = [1, 2]"),
+                             new_code_cell("from mnemonics_lib import study\n"
+                                           "print(sorted(study.injected_names(globals())))")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src, out = tmp_path / "probe.ipynb", tmp_path / "probe-out.ipynb"
+    nbformat.write(nb, src)
+    pm.execute_notebook(str(src), str(out), parameters={"phases": 2, "typo": 1}, kernel_name="python3",
+                        progress_bar=False)
+    printed = nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"].strip()
+    assert printed == "['phases', 'typo']"

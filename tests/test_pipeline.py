@@ -1,0 +1,144 @@
+"""The device pipeline: batched crop+flip equals torchvision's RandomCrop(32, padding=4) +
+RandomHorizontalFlip on the raw image, the normaliser, device-resident splits and batching."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnemonics_lib.pipeline import (
+    DeviceImages, Normaliser, augment, batch_indices, folder_loader, make_generator)
+
+MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+@pytest.fixture(scope="module")
+def norm():
+    return Normaliser.create(MEAN, STD, "cpu")
+
+
+@pytest.fixture(scope="module")
+def raw():
+    """(B, 3, 32, 32) uint8 random images: every crop of one image differs from every other."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (64, 3, 32, 32), generator=g, dtype=torch.uint8)
+
+
+def all_crops(img_u8: torch.Tensor, norm: Normaliser, padding: int = 4) -> torch.Tensor:
+    """Reference by brute force: normalise(torchvision-style zero pad + crop (+ hflip)) for all
+    (2p+1)^2 offsets x 2 flips; (81*2, 3, 32, 32), index = (flip * 9 + row) * 9 + col."""
+    c, h, w = img_u8.shape
+    padded = torch.zeros(c, h + 2 * padding, w + 2 * padding, dtype=torch.uint8)
+    padded[:, padding:padding + h, padding:padding + w] = img_u8
+    crops = [padded[:, i:i + h, j:j + w].flip(-1) if f else padded[:, i:i + h, j:j + w]
+             for f in (0, 1) for i in range(2 * padding + 1) for j in range(2 * padding + 1)]
+    return norm(torch.stack(crops))
+
+
+def test_augment_shape_dtype_range(norm, raw):
+    x = norm(raw)
+    out = augment(x, make_generator(1, "cpu"), norm.pixel_range[0])
+    assert out.shape == x.shape and out.dtype == torch.float32 and out.is_contiguous()
+    lo, hi = norm.pixel_range
+    assert bool((out >= lo - 1e-6).all()) and bool((out <= hi + 1e-6).all())
+    # black padding shows up (some offset != 4 in a 64-image batch) as the exact black value
+    assert bool((out == lo).any())
+
+
+def test_augment_determinism(norm, raw):
+    x, pad = norm(raw), norm.pixel_range[0]
+    a = augment(x, make_generator(5, "cpu"), pad)
+    b = augment(x, make_generator(5, "cpu"), pad)
+    c = augment(x, make_generator(6, "cpu"), pad)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_augment_equals_some_torchvision_crop_and_covers_all_offsets(norm, raw):
+    """Each output is exactly one of the 162 RandomCrop(32, padding=4) + flip outcomes of its own
+    image, and over many draws every outcome occurs, flips about half the time."""
+    x, pad = norm(raw), norm.pixel_range[0]
+    refs = torch.stack([all_crops(img, norm) for img in raw])  # (64, 162, 3, 32, 32)
+    centre = refs[:, :, :, 12:20, 12:20].flatten(2)  # always inside the image: a unique key
+    seen = []
+    for seed in range(12):
+        out = augment(x, make_generator(seed, "cpu"), pad)
+        hits = (centre == out[:, None, :, 12:20, 12:20].flatten(2)).all(2)  # (64, 162)
+        assert hits.sum(1).tolist() == [1] * len(raw), f"seed {seed}: not one candidate per image"
+        match = hits.float().argmax(1)
+        assert torch.equal(refs[torch.arange(len(raw)), match], out), f"seed {seed}: not an exact crop"
+        seen += match.tolist()
+    seen = np.array(seen)  # 768 draws over 162 outcomes
+    flips = seen // 81
+    offsets = seen % 81
+    assert set(offsets.tolist()) == set(range(81))
+    assert 0.4 < flips.mean() < 0.6
+    assert set((offsets // 9).tolist()) == set(range(9)) and set((offsets % 9).tolist()) == set(range(9))
+
+
+def test_augment_without_padding_and_flip_is_identity(norm, raw):
+    x = norm(raw)
+    assert torch.equal(augment(x, make_generator(0, "cpu"), norm.pixel_range[0], padding=0, flip=False), x)
+    # flip only: each image is itself or its mirror
+    out = augment(x, make_generator(0, "cpu"), norm.pixel_range[0], padding=0, flip=True)
+    same = (out == x).flatten(1).all(1)
+    mirrored = (out == x.flip(3)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and bool(same.any()) and bool(mirrored.any())
+
+
+def test_normaliser_values_and_round_trip(norm, raw):
+    x = norm(raw)
+    mean, std = np.array(MEAN)[:, None, None], np.array(STD)[:, None, None]
+    ref = (raw.numpy().astype(np.float64) / 255 - mean) / std
+    np.testing.assert_allclose(x.numpy(), ref, rtol=0, atol=1e-5)
+    back = norm.denormalise(x).mul(255).round().to(torch.uint8)
+    assert torch.equal(back, raw)
+    lo, hi = norm.pixel_range
+    np.testing.assert_allclose(lo.flatten().numpy(), -np.array(MEAN) / np.array(STD), rtol=1e-6)
+    np.testing.assert_allclose(hi.flatten().numpy(), (1 - np.array(MEAN)) / np.array(STD), rtol=1e-6)
+    assert torch.equal(norm(torch.zeros(1, 3, 1, 1, dtype=torch.uint8)), lo)
+
+
+def test_device_images_layout_and_select():
+    rng = np.random.RandomState(0)
+    x = rng.randint(0, 256, size=(6, 32, 32, 3)).astype(np.uint8)
+    y = np.array([3, 1, 3, 0, 2, 1])
+    d = DeviceImages(x, y, "cpu")
+    assert d.x.shape == (6, 3, 32, 32) and d.x.dtype == torch.uint8 and len(d) == 6
+    assert d.x[4, :, 7, 9].tolist() == x[4, 7, 9].tolist()
+    assert d.y.dtype == torch.int64
+    assert d.select([1, 3]).tolist() == [0, 1, 2, 5]
+    assert d.select([4]).tolist() == []
+
+
+def test_batch_indices():
+    g = make_generator(0, "cpu")
+    batches = list(batch_indices(10, 4, g, "cpu"))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(torch.cat(batches).tolist()) == list(range(10))
+    again = list(batch_indices(10, 4, make_generator(0, "cpu"), "cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    assert torch.cat(list(batch_indices(5, 2, None, "cpu", shuffle=False))).tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument")
+def test_folder_loader_eval_transform(tmp_path):
+    rng = np.random.RandomState(0)
+    samples = []
+    for i, size in enumerate([(40, 30), (300, 280)]):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.randint(0, 256, size=size + (3,)).astype(np.uint8)).save(p)
+        samples.append((str(p), i))
+    p = tmp_path / "flat.png"  # one flat colour survives resize + crop exactly
+    Image.fromarray(np.full((64, 64, 3), (255, 0, 128), np.uint8)).save(p)
+    samples.append((str(p), 2))
+    label_map = np.array([2, 0, 1])
+    loader = folder_loader(samples, label_map, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                           train=False, batch_size=3, workers=0)
+    xb, yb = next(iter(loader))
+    assert xb.shape == (3, 3, 224, 224) and xb.dtype == torch.float32
+    assert yb.tolist() == [2, 0, 1]
+    expected = (np.array([255, 0, 128]) / 255 - np.array([0.485, 0.456, 0.406])) / np.array(
+        [0.229, 0.224, 0.225])
+    np.testing.assert_allclose(xb[2].mean((1, 2)).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(xb[2].std((1, 2)).numpy(), 0, atol=1e-5)
+

@@ -1,0 +1,332 @@
+"""Run enumeration (counts, priority order, dedup), run specs, the parameter check, the task
+runner (cached / computed / missing / failed / skipped), paper numbers and the report tables."""
+import json
+import math
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mnemonics_lib import paper_numbers, report, results, study
+from mnemonics_lib.config import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def params(profile: str) -> dict:
+    return yaml.safe_load((ROOT / "params" / f"{profile}.yaml").read_text())
+
+
+# ------------------------------------------------------------------ specs and builders
+@pytest.mark.parametrize("value, expected", [(5, [5]), ([5, 10], [5, 10]), ((1,), [1]), ("lucir", ["lucir"]),
+                                             (None, [])])
+def test_as_list_accepts_scalars_and_lists(value, expected):
+    assert study.as_list(value) == expected
+
+
+@pytest.mark.parametrize("spec, fields", [
+    ("lucir", {"method": "lucir", "exemplars": "herding"}),
+    ("lucir_mnemonics", {"method": "lucir", "exemplars": "mnemonics"}),
+    ("icarl_authors_code", {"method": "icarl", "exemplars": "authors_code"}),
+    ("lucir_mnemonics+no_adjust_old", {"method": "lucir", "exemplars": "mnemonics",
+                                       "mnemonics": {"adjust_old": False}}),
+    ("lucir_herding+balanced_finetune", {"method": "lucir", "exemplars": "herding", "balanced_finetune": True}),
+])
+def test_parse_spec(spec, fields):
+    assert study.parse_spec(spec) == fields
+
+
+@pytest.mark.parametrize("spec", ["lucir", "lucir_random", "bic_mnemonics", "lwf_authors_code",
+                                  "lucir_mnemonics+no_adjust_old", "lucir_mnemonics+weight_transfer",
+                                  "lucir+balanced_finetune", "lucir_mnemonics+no_balanced_finetune"])
+def test_spec_of_inverts_parse_spec(spec):
+    c = study.make_run(spec, dataset="synthetic", phases=2, seed=1993, profile="smoke")
+    assert study.spec_of(c) == spec
+    assert study.spec_of(c.to_dict()) == spec
+
+
+@pytest.mark.parametrize("bad", ["lucirr", "lucir_herd", "lucir+no_such_flag"])
+def test_bad_spec_lists_the_vocabulary(bad):
+    with pytest.raises(ConfigError, match="lucir"):
+        study.parse_spec(bad)
+
+
+def test_table1_configs_counts_seeds_and_order():
+    cs = study.table1_configs("caltech100", [5, 10, 25], study.SEEDS)
+    assert len(cs) == 45 and len({c.config_hash() for c in cs}) == 45
+    # N, then seed, then method: the first five make a complete single-seed table for N=5
+    assert [(c.phases, c.seed, study.spec_of(c)) for c in cs[:6]] == [
+        (5, 1993, "lwf"), (5, 1993, "icarl"), (5, 1993, "bic"), (5, 1993, "lucir"), (5, 1993, "lucir_mnemonics"),
+        (5, 1994, "lwf")]
+    assert all(c.seed == c.class_order_seed for c in cs)
+    mn = [c for c in cs if c.exemplars == "mnemonics"]
+    assert len(mn) == 9 and all(c.method == "lucir" and c.use_balanced_finetune for c in mn)
+    assert all(c.exemplars == "herding" and not c.use_balanced_finetune for c in cs if c not in mn)
+
+
+def test_scalar_parameters_build_the_same_configs_as_lists():
+    a = study.table1_configs("synthetic", 2, 1993, "lucir", "smoke")
+    b = study.table1_configs("synthetic", [2], [1993], ["lucir"], "smoke")
+    assert [c.config_hash() for c in a] == [c.config_hash() for c in b] and len(a) == 1
+
+
+def test_ablation_configs_cover_exemplar_types_and_deconfounders():
+    cs = study.ablation_configs("caltech100", 5, [1993], "quick")
+    assert len(cs) == 4 * 4 + 3
+    assert Counter(c.exemplars for c in cs) == {"random": 4, "herding": 5, "mnemonics": 6, "authors_code": 4}
+    extras = {study.spec_of(c): c for c in cs[-3:]}
+    assert extras["lucir_mnemonics+no_adjust_old"].mnemonics.adjust_old is False
+    assert extras["lucir_mnemonics+weight_transfer"].weight_transfer is True
+    bal = extras["lucir+balanced_finetune"]
+    assert bal.exemplars == "herding" and bal.use_balanced_finetune
+
+
+def test_sweep_configs_grid():
+    cs = study.sweep_configs("caltech100", [0.001, 0.01, 0.1], [0.001, 0.01, 0.1], [1, 3])
+    assert len({c.config_hash() for c in cs}) == 18
+    assert {(c.mnemonics.inner_lr, c.mnemonics.outer_lr, c.mnemonics.inner_steps) for c in cs} == {
+        (a, b, k) for a in (0.001, 0.01, 0.1) for b in (0.001, 0.01, 0.1) for k in (1, 3)}
+    assert all(c.method == "lucir" and c.exemplars == "mnemonics" and c.phases == 5 and c.seed == 1993 for c in cs)
+
+
+# ------------------------------------------------------------------ all_configs
+def _group(t: study.Task) -> int:
+    """Priority group of a task as all_configs documents it."""
+    c, art = t.config, t.artifacts[0]
+    if art == "table1":
+        return 0
+    if art == "ablation_exemplars" and c.method == "lucir":
+        return 1
+    if t.study == study.STUDY_SWEEPS:
+        return 2
+    if "[" in art:
+        return 3
+    if t.kind == "snapshot":
+        return 4
+    if art == "ablation_exemplars":
+        return 5
+    return 6
+
+
+def test_all_configs_quick_counts_and_priority_order():
+    tasks = study.all_configs(params("quick"))
+    assert len(tasks) == len({t.key for t in tasks}) == 129
+    by = Counter(t.artifacts[0] for t in tasks)
+    assert by == {"table1": 45, "ablation_exemplars": 42, "sweep_mnemonics": 18, "table1[cifar10]": 15,
+                  "figure1_tsne": 3, "forgetting": 6}
+    groups = [_group(t) for t in tasks]
+    assert groups == sorted(groups), "tasks are not in priority order"
+    assert set(groups) == set(range(7))
+    cifar = [t.config for t in tasks if t.artifacts[0] == "table1[cifar10]"]
+    assert {(c.dataset, c.phases) for c in cifar} == {("cifar10", 5)}
+    # every notebook's configs are all enumerated (the CLI computes exactly what notebooks read)
+    keys = {t.key for t in tasks}
+    for nb in study.NOTEBOOKS:
+        for t in study.notebook_tasks(nb, params("quick")):
+            assert t.key in keys, (nb, t.describe())
+
+
+def test_all_configs_paper_starts_with_the_lucir_pair_at_n10():
+    tasks = study.all_configs(params("paper"))
+    first = [(t.config.phases, study.spec_of(t.config), t.config.profile) for t in tasks[:2]]
+    assert first == [(10, "lucir", "paper"), (10, "lucir_mnemonics", "paper")]
+
+
+def test_smoke_params_stay_small_and_out_of_results():
+    p = params("smoke")
+    assert len(study.all_configs(p)) <= 20
+    assert p["results_dir"].startswith("../build/") and p["figures_dir"].startswith("../build/")
+    assert p["profile"] == "smoke" and p["dataset"] == "synthetic"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
+def test_params_files_only_hold_known_keys(profile):
+    p = params(profile)
+    assert set(p) <= study.ALL_PARAMETERS | study.STUDY_KEYS
+    assert set(study.ALL_PARAMETERS) <= set(p), "params files list every parameter explicitly"
+
+
+def test_select_tasks_by_artifact():
+    tasks = study.all_configs(params("quick"))
+    tsne = study.select_tasks(tasks, ["exemplar_images"])
+    assert len(tsne) == 3 and all(t.kind == "snapshot" for t in tsne)
+    assert len(study.select_tasks(tasks, ["table1"])) == 45 + 15  # the variant belongs to table1 too
+    assert len(study.select_tasks(tasks, ["table1[cifar10]"])) == 15
+    with pytest.raises(study.ParameterError, match="known"):
+        study.select_tasks(tasks, ["tabel1"])
+
+
+def test_launch_order_starts_distinct_phase0_first():
+    tasks = study.all_configs(params("smoke"))
+    from mnemonics_lib.methods import get_method
+    from mnemonics_lib.trainer import phase0_key
+
+    ordered = study.launch_order(tasks, jobs=2)
+    keys = [phase0_key(t.config, get_method(t.config.method)) for t in ordered]
+    n = len(set(keys))
+    assert len(set(keys[:n])) == n, "one task per distinct phase 0 first"
+    assert sorted(t.key for t in ordered) == sorted(t.key for t in tasks)
+    assert study.launch_order(tasks, jobs=1) == tasks
+
+
+# ------------------------------------------------------------------ check_parameters
+def test_check_parameters_accepts_known_and_returns_them():
+    ns = {**study.NOTEBOOK_DEFAULTS["table1"], "study": study, "In": [""], "Out": {}, "_": 3,
+          "get_ipython": print}
+    assert study.check_parameters(ns, "table1") == study.NOTEBOOK_DEFAULTS["table1"]
+
+
+def test_check_parameters_rejects_unknown_with_the_known_list():
+    ns = {**study.NOTEBOOK_DEFAULTS["table1"], "phase": 10}
+    with pytest.raises(study.ParameterError) as e:
+        study.check_parameters(ns, "table1")
+    assert "'phase'" in str(e.value) and "known parameters" in str(e.value) and "'phases'" in str(e.value)
+
+
+def test_check_parameters_reads_papermills_injected_cell_from_the_input_history():
+    """In a kernel, only the names papermill's injected cell assigned are candidates: a later
+    cell's variables (re-running the check) are not parameters, a typo in the injection is."""
+    later = {"prov": {"artifact": "table1"}, "saved": ["a.md"], "params": {"dataset": "x"}}
+    ok = {**study.NOTEBOOK_DEFAULTS["table1"], **later,
+          "In": ["", "dataset: str = 'caltech100'", "# Parameters\nphases = 2\nseeds = [1993]\n", "..."]}
+    assert study.check_parameters(ok, "table1")["phases"] == [5, 10, 25]
+    bad = {**ok, "phase": 3, "In": ok["In"] + ["# Parameters\nphases = 2\nphase = 3\n"]}
+    with pytest.raises(study.ParameterError, match=r"\['phase'\] for notebook 'table1'; known parameters"):
+        study.check_parameters(bad, "table1")
+    assert study.injected_names({"x": 1}) is None
+
+
+def test_check_parameters_ignores_other_notebooks_parameters_with_a_warning():
+    ns = {**study.NOTEBOOK_DEFAULTS["table1"], "sweep_seed": 1, "variants": {}}
+    with pytest.warns(UserWarning, match="sweep_seed"):
+        study.check_parameters(ns, "table1")
+
+
+def test_check_parameters_reports_a_deleted_parameter():
+    ns = dict(study.NOTEBOOK_DEFAULTS["table1"])
+    del ns["seeds"]
+    with pytest.raises(study.ParameterError, match="seeds"):
+        study.check_parameters(ns, "table1")
+    with pytest.raises(study.ParameterError, match="known"):
+        study.check_parameters(ns, "table2")
+
+
+# ------------------------------------------------------------------ run_tasks
+def _fake_metrics(config) -> dict:
+    acc = 80.0 - config.seed % 10
+    return {"per_phase": [{"phase": 0, "n_classes": 10, "acc_cnn": acc, "acc_nme": acc + 1, "acc_upper": 90.0}],
+            "aia_cnn": acc, "aia_nme": acc + 1, "last_cnn": acc, "last_nme": acc + 1,
+            "forgetting_cnn": 5.0, "forgetting_nme": 4.0, "wall_s_total": 1.0}
+
+
+def test_run_tasks_statuses(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_compute(task, root, device="auto"):
+        calls.append(task.config.config_hash())
+        if task.config.method == "bic":
+            raise RuntimeError("boom")
+        return results.run_or_load(task.config, _fake_metrics, root, study=task.study)
+
+    monkeypatch.setattr(study, "compute_task", fake_compute)
+    cs = study.table1_configs("synthetic", 2, [1993], ["lwf", "bic", "lucir"], "smoke")
+    tasks = [study.Task(c) for c in cs]
+    outs = study.run_tasks(tasks, tmp_path, compute_missing=False)
+    assert [o.status for o in outs] == ["missing"] * 3 and not calls
+    outs = study.run_tasks(tasks, tmp_path, time_limit=0.0)
+    assert [o.status for o in outs] == ["skipped"] * 3
+    outs = study.run_tasks(tasks, tmp_path)
+    assert [o.status for o in outs] == ["computed", "failed", "computed"]
+    assert "boom" in outs[1].error
+    outs = study.run_tasks(tasks, tmp_path)
+    assert [o.status for o in outs] == ["cached", "failed", "cached"]
+    with pytest.raises(RuntimeError, match="boom"):
+        study.run_configs(cs, tmp_path)
+    with pytest.raises(results.MissingRunError, match="make results"):
+        study.run_configs(cs, tmp_path, compute_missing=False)
+
+
+@pytest.mark.slow
+def test_process_pool_computes_real_runs(tmp_path):
+    """Two real smoke runs through the spawn pool, then loaded from the ledger."""
+    cs = study.table1_configs("synthetic", 1, [1993], ["lwf", "lucir"], "smoke", epochs_override=1)
+    outs = study.run_tasks([study.Task(c) for c in cs], tmp_path, device="cpu", jobs=2)
+    assert [o.status for o in outs] == ["computed", "computed"], [o.error for o in outs]
+    again = study.run_configs(cs, tmp_path, compute_missing=False)
+    assert [r.metrics["aia_cnn"] for r in again] == [o.record.metrics["aia_cnn"] for o in outs]
+
+
+# ------------------------------------------------------------------ snapshots
+def test_margins_on_hand_made_features():
+    means = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    feats = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), dim=1)
+    labels = torch.tensor([0, 0, 0])
+    m = study._margins(feats, labels, means)
+    assert torch.allclose(m, torch.tensor([1.0, 0.0, -1.0]), atol=1e-6)
+
+
+def test_snapshot_records_what_the_figures_need(tmp_path):
+    c = study.make_run("lucir_mnemonics", dataset="synthetic", phases=2, seed=1993, profile="smoke",
+                       memory_per_class=3, epochs_override=1)
+    rec = study.snapshot(c, None, tmp_path, device="cpu")
+    snaps = rec.metrics["snapshots"]
+    assert [s["phase"] for s in snaps] == [1, 2]
+    for s in snaps:
+        assert s["classes"] == [0, 1, 2, 3, 4]
+        assert len(s["exemplar_features"]) == 5 * 3 and set(s["exemplar_labels"]) == set(range(5))
+        assert len(s["real_features"]) == 5 * 60 and len(s["class_means"]) == s["n_classes"]
+        assert len(s["exemplar_margin"]) == 3 * s["n_classes"]
+        assert all(-2 <= v <= 2 for v in s["exemplar_margin"] + s["real_margin"])
+        x, y = study.decode_pixels(s["exemplar_pixels"])
+        assert x.shape == (15, 3, 32, 32) and x.dtype.name == "uint8" and sorted(set(y)) == [0, 1, 2, 3, 4]
+    assert study.snapshot(c, None, tmp_path, compute_missing=False).path == rec.path
+    with pytest.raises(ValueError, match="recorded phases"):
+        study.snapshot(c, (0, 2), tmp_path)
+
+
+# ------------------------------------------------------------------ paper numbers and tables
+def test_paper_numbers_have_tags_and_sources():
+    assert len(paper_numbers.TABLE1) == 5 * 3 * 3 and len(paper_numbers.AUTHORS_README) == 4 * 2 * 3
+    for n in [*paper_numbers.TABLE1.values(), *paper_numbers.AUTHORS_README.values()]:
+        assert n.tag in paper_numbers.TAGS and n.source and 0 < n.value < 100
+    assert paper_numbers.TABLE1[("lucir_mnemonics", "cifar100", 5)] .value == 63.34
+    assert paper_numbers.TABLE1[("lucir_mnemonics", "cifar100", 5)].tag == "[3p]"
+    assert paper_numbers.TABLE1[("bic", "imagenet", 25)].tag == "[recalled]"
+    assert Counter(n.tag for n in paper_numbers.TABLE1.values()) == {"[recalled]": 37, "[3p]": 8}
+    assert paper_numbers.table1_number("lucir", "caltech100", 10).value == 60.14  # stand-in for CIFAR-100
+    assert paper_numbers.table1_number("lucir", "cifar10", 5) is None
+    row, num = paper_numbers.readme_number("nme", True, "forgetting", 25)
+    assert row == "iCaRL w/ mnemonics" and num.value == 28.92 and num.tag == "[code]"
+
+
+def test_table1_report_mean_std_and_delta(tmp_path):
+    cs = study.table1_configs("caltech100", 5, [1993, 1994, 1995], ["lucir", "icarl"], "quick")
+    recs = [results.run_or_load(c, _fake_metrics, tmp_path) for c in cs]
+    t = report.table1(recs, dataset="caltech100", profile="quick")
+    lucir = t.long.set_index("spec").loc["lucir"]
+    # seeds 1993..1995 -> CNN AIA 77, 76, 75; iCaRL is scored with NME (+1)
+    assert lucir["aia_mean"] == pytest.approx(76.0) and lucir["aia_std"] == pytest.approx(1.0)
+    assert lucir["paper"] == 63.17 and lucir["delta"] == pytest.approx(76.0 - 63.17)
+    assert t.long.set_index("spec").loc["icarl", "aia_mean"] == pytest.approx(77.0)
+    assert t.wide.loc[0, "N=5 ours"] == "76.00 ± 1.00" and t.wide.loc[0, "N=5 paper"] == "63.17 [3p]"
+    files = report.save_table(t, tmp_path / "fig")
+    assert [f.suffix for f in files] == [".md", ".csv", ".json"]
+    md = files[0].read_text()
+    assert "caltech100" in md and "quick profile" in md and "[3p]" in md and "Provenance" in md
+    side = json.loads(files[2].read_text())
+    assert side["config_hashes"] == sorted(c.config_hash() for c in cs) and side["profile"] == "quick"
+    assert math.isclose(float(t.long["delta"].iloc[0]), float(t.long["aia_mean"].iloc[0]) - float(t.long["paper"].iloc[0]))
+
+
+def test_forgetting_table_matches_readme_rows(tmp_path):
+    cs = study.forgetting_configs("caltech100", 5, [1993], ["lucir", "lucir_mnemonics"], "quick")
+    recs = [results.run_or_load(c, _fake_metrics, tmp_path) for c in cs]
+    t = report.forgetting_table(recs, dataset="caltech100", profile="quick")
+    rows = t.long.set_index(["spec", "head", "metric"])["readme_row"].to_dict()
+    assert rows[("lucir", "cnn", "aia")] == "LwF" and rows[("lucir_mnemonics", "nme", "forgetting")] == "iCaRL w/ mnemonics"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report.to_markdown(t.wide)
