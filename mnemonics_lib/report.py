@@ -177,7 +177,8 @@ def table1(records: Sequence[Any], *, dataset: str, profile: str) -> Table:
             row[f"N={n} paper"] = f"{r['paper']:.2f} {r['paper_tag']}" if np.isfinite(r["paper"]) else "—"
             row[f"N={n} Δ"] = f"{r['delta']:+.2f}" if np.isfinite(r["delta"]) else "—"
         row["config hashes"] = " ".join(sub["config_hashes"])
-        row["commit"], row["device"] = ",".join(sorted(set(sub["commit"]))), ",".join(sorted(set(sub["device"])))
+        row["commit"] = ",".join(sorted(set(sub["commit"])))
+        row["device"] = ",".join(sorted(set(sub["device"])))
         rows.append(row)
     pds = paper_numbers.PAPER_DATASET.get(dataset)
     what = ("Table 1: average incremental accuracy (%, phase 0 included; CNN head, NME for iCaRL)."
@@ -204,8 +205,10 @@ def ablation_table(records: Sequence[Any], *, dataset: str, profile: str) -> Tab
     long["dataset"], long["profile"] = dataset, profile
     wide = pd.DataFrame({
         "run spec": long["spec"], "N": long["phases"],
-        "AIA CNN": [_fmt(m, s, n) for m, s, n in zip(long["aia_cnn_mean"], long["aia_cnn_std"], long["n_seeds"])],
-        "AIA NME": [_fmt(m, s, n) for m, s, n in zip(long["aia_nme_mean"], long["aia_nme_std"], long["n_seeds"])],
+        "AIA CNN": [_fmt(m, s, n) for m, s, n in
+                    zip(long["aia_cnn_mean"], long["aia_cnn_std"], long["n_seeds"])],
+        "AIA NME": [_fmt(m, s, n) for m, s, n in
+                    zip(long["aia_nme_mean"], long["aia_nme_std"], long["n_seeds"])],
         "forgetting CNN": [_fmt(m, s, n) for m, s, n in
                            zip(long["forgetting_cnn_mean"], long["forgetting_cnn_std"], long["n_seeds"])],
         "Δ AIA vs herding": [f"{d:+.2f} ({headline_head(m).upper()})" if np.isfinite(d) else "—"
@@ -239,13 +242,15 @@ def forgetting_table(records: Sequence[Any], *, dataset: str, profile: str) -> T
                              "mean": r["mean"], "std": r["std"], "n_seeds": int(r["count"]),
                              "readme_row": row_name, "paper": num.value if num else math.nan,
                              "paper_tag": num.tag if num else "",
-                             "config_hashes": r["config_hashes"], "commit": r["commit"], "device": r["device"]})
+                             "config_hashes": r["config_hashes"], "commit": r["commit"],
+                             "device": r["device"]})
     long = pd.DataFrame(rows)
     long["delta"] = long["mean"] - long["paper"]
     long["dataset"], long["profile"] = dataset, profile
     wide_rows = []
     for (spec, head), sub in long.groupby(["spec", "head"], sort=False):
-        row: dict[str, Any] = {"run spec": spec, "head": head.upper(), "README row": sub["readme_row"].iloc[0]}
+        row: dict[str, Any] = {"run spec": spec, "head": head.upper(),
+                               "README row": sub["readme_row"].iloc[0]}
         for _, r in sub.sort_values(["metric", "phases"]).iterrows():
             key = f"{'AIA' if r['metric'] == 'aia' else 'F'} N={r['phases']}"
             paper = f" (paper {r['paper']:.2f} {r['paper_tag']})" if np.isfinite(r["paper"]) else ""
@@ -332,7 +337,8 @@ def save_table(table: Table, figures_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / table.name
     md, csv = stem.with_suffix(".md"), stem.with_suffix(".csv")
-    md.write_text(f"{table.caption}\n\n{to_markdown(table.wide)}\n\n_Provenance: {footer(table.provenance)}_\n")
+    md.write_text(f"{table.caption}\n\n{to_markdown(table.wide)}\n\n"
+                  f"_Provenance: {footer(table.provenance)}_\n")
     table.long.to_csv(csv, index=False)
     return [md, csv, _sidecar(stem, table.provenance, [md, csv])]
 
@@ -440,7 +446,8 @@ def plot_tsne(snapshot_records: Sequence[Any], seed: int = 0):
     handles = [Line2D([], [], ls="", marker="o", color=colours[k % 10], label=f"class {c}")
                for k, c in enumerate(classes)]
     handles += [Line2D([], [], ls="", marker="o", color="0.75", alpha=0.5, label="real images (light)"),
-                Line2D([], [], ls="", marker="o", color="0.15", markeredgecolor="black", label="exemplars (dark)"),
+                Line2D([], [], ls="", marker="o", color="0.15", markeredgecolor="black",
+                       label="exemplars (dark)"),
                 Line2D([], [], ls="", marker="x", color="0.6", label="other classes' means")]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8,
                bbox_to_anchor=(0.5, 0.0))
@@ -499,13 +506,14 @@ def plot_exemplar_grid(snapshot_records: Sequence[Any], stage: int = 0, per_clas
         panels.append((f"|mnemonics − herding|, scaled\n(max difference {peak:.0f}/255)", scaled,
                        by["herding"][2], by["herding"][3], None))
     k = min(per_class, max(int((p[2] == c).sum()) for p in panels for c in classes))
-    fig, axes = plt.subplots(1, len(panels), figsize=(0.55 * k * len(panels) + 1.2, 0.62 * len(classes) + 1.2),
-                             squeeze=False)
+    size = (0.55 * k * len(panels) + 1.2, 0.62 * len(classes) + 1.2)
+    fig, axes = plt.subplots(1, len(panels), figsize=size, squeeze=False)
     for ax, (title, x, y, snap, _) in zip(axes[0], panels):
         ax.imshow(_mosaic(x, y, classes, k), interpolation="nearest")
         ax.grid(False)
         ax.set_xticks([])
-        ax.set_yticks([(i + 0.5) * (x.shape[2] + 1) for i in range(len(classes))], [f"class {c}" for c in classes])
+        ax.set_yticks([(i + 0.5) * (x.shape[2] + 1) for i in range(len(classes))],
+                      [f"class {c}" for c in classes])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(f"first {k} exemplars per class")
     fig.suptitle(f"Exemplars after phase {panels[0][3]['phase']} (first five classes of the order)")

@@ -174,7 +174,8 @@ def sweep_configs(dataset: str, inner_lr: Any, outer_lr: Any, inner_steps: Any, 
 
 
 def snapshot_configs(dataset: str, method: str = "lucir", exemplars: Any = SNAPSHOT_EXEMPLARS,
-                     phases: int = 5, seed: int = 1993, profile: str = "quick", **common: Any) -> list[RunConfig]:
+                     phases: int = 5, seed: int = 1993, profile: str = "quick",
+                     **common: Any) -> list[RunConfig]:
     """One config per exemplar strategy for the t-SNE (Fig. 1) and exemplar-image notebooks."""
     specs = [method if e == "herding" else f"{method}_{e}" for e in as_list(exemplars)]
     return [make_run(s, dataset=dataset, phases=phases, seed=seed, profile=profile, **common) for s in specs]
@@ -217,7 +218,7 @@ NOTEBOOK_DEFAULTS: dict[str, dict[str, Any]] = {
     "ablation_exemplars": {**_COMMON, "seeds": list(SEEDS), "ablation_phases": [5],
                            "ablation_methods": list(ABLATION_METHODS), "ablation_exemplars": list(EXEMPLARS),
                            "ablation_extras": list(ABLATION_EXTRAS)},
-    "sweep_mnemonics": {**_COMMON, "sweep_inner_lr": [0.001, 0.01, 0.1], "sweep_outer_lr": [0.001, 0.01, 0.1],
+    "sweep_mnemonics": {**_COMMON, "sweep_inner_lr": [0.01, 0.1], "sweep_outer_lr": [1.0, 10.0, 100.0],
                         "sweep_inner_steps": [1, 3], "sweep_phases": 5, "sweep_seed": 1993},
     "figure1_tsne": {**_COMMON, **_SNAPSHOT},
     "exemplar_images": {**_COMMON, **_SNAPSHOT},
@@ -297,7 +298,8 @@ def check_parameters(namespace: Mapping[str, Any] | Iterable[str], notebook: str
     if isinstance(namespace, Mapping):
         missing = sorted(set(known) - set(namespace))
         if missing:
-            raise ParameterError(f"{notebook}: parameters {missing} are not defined (parameters cell edited?)")
+            raise ParameterError(
+                f"{notebook}: parameters {missing} are not defined (parameters cell edited?)")
         return {k: namespace[k] for k in known}
     return {}
 
@@ -309,7 +311,55 @@ def notebook_parameters(notebook: str, params: Mapping[str, Any]) -> dict[str, A
 
 
 def _common(p: Mapping[str, Any]) -> dict[str, Any]:
-    return {"memory_per_class": int(p["memory_per_class"])}
+    common: dict[str, Any] = {"memory_per_class": int(p["memory_per_class"])}
+    chosen = mnemonics_choice(results_root(p))
+    if chosen:
+        common["mnemonics"] = chosen
+    return common
+
+
+# ------------------------------------------------------------------ the sweep's choice
+CHOICE_FILE = "choice.json"
+CHOICE_KEYS = ("inner_lr", "outer_lr", "inner_steps")
+
+
+def results_root(p: Mapping[str, Any]) -> Path:
+    """A params ``results_dir`` is relative to notebooks/ (where the notebooks run)."""
+    from .datasets import PROJECT_ROOT
+
+    return (PROJECT_ROOT / "notebooks" / str(p.get("results_dir", "../results"))).resolve()
+
+
+def mnemonics_choice(root: str | os.PathLike) -> dict[str, Any]:
+    """The meta-hyperparameters chosen by the sensitivity sweep (``results/sweeps/mnemonics/
+    choice.json``), used by every mnemonics run of the study; {} before the sweep has run."""
+    import json
+
+    path = Path(root) / STUDY_SWEEPS / CHOICE_FILE
+    if not path.exists():
+        return {}
+    return {k: json.loads(path.read_text())["chosen"][k] for k in CHOICE_KEYS}
+
+
+def choose_mnemonics(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Pick the sweep configuration with the best average incremental accuracy (CNN) and store
+    the choice with the whole sweep table beside the runs. Needs every sweep run cached."""
+    from . import results
+
+    p = notebook_parameters("sweep_mnemonics", params)
+    root = results_root(p)
+    rows = []
+    for c in notebook_configs("sweep_mnemonics", {**params, "results_dir": p["results_dir"]}):
+        rec = results.require_cached(c, root, study=STUDY_SWEEPS)
+        rows.append({**{k: getattr(c.mnemonics, k) for k in CHOICE_KEYS},
+                     "aia_cnn": rec.metrics["aia_cnn"], "forgetting_cnn": rec.metrics["forgetting_cnn"],
+                     "config_hash": c.config_hash()})
+    best = max(rows, key=lambda r: r["aia_cnn"])
+    choice = {"chosen": {k: best[k] for k in CHOICE_KEYS}, "criterion": "max aia_cnn",
+              "dataset": p["dataset"], "profile": p["profile"], "phases": p["sweep_phases"],
+              "seed": p["sweep_seed"], "sweep": rows}
+    results.write_json_atomic(root / STUDY_SWEEPS / CHOICE_FILE, choice)
+    return choice
 
 
 def notebook_configs(notebook: str, params: Mapping[str, Any]) -> list[RunConfig]:
@@ -365,7 +415,8 @@ def variant_params(params: Mapping[str, Any]) -> list[tuple[str, list[str], dict
     for name, spec in dict(params.get("variants") or {}).items():
         spec = dict(spec)
         notebooks = as_list(spec.pop("notebooks", ["table1", "figure4_curves"]))
-        bad = [n for n in notebooks if n not in NOTEBOOK_DEFAULTS] + [k for k in spec if k not in ALL_PARAMETERS]
+        bad = [n for n in notebooks if n not in NOTEBOOK_DEFAULTS]
+        bad += [k for k in spec if k not in ALL_PARAMETERS]
         if bad:
             raise ParameterError(f"variant {name!r}: unknown notebooks/parameters {bad}; "
                                  f"notebooks: {list(NOTEBOOKS)}, parameters: {sorted(ALL_PARAMETERS)}")
@@ -459,7 +510,8 @@ def _worker(task: Task, root: str, device: str | None, threads: int | None):
         import torch
 
         torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format=f"[worker {os.getpid()}] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format=f"[worker {os.getpid()}] %(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     rec = compute_task(task, root, device)
     return rec, time.perf_counter() - t0
@@ -577,10 +629,6 @@ def run_configs(configs: Sequence[RunConfig | Task], root: str | os.PathLike, de
     if failed:
         raise RuntimeError("; ".join(f"{o.task.describe()}: {o.error}" for o in failed))
     return [o.record for o in outs]
-
-
-def snapshot_tasks(configs: Sequence[RunConfig]) -> list[Task]:
-    return [Task(c, STUDY_SNAPSHOTS, "snapshot") for c in configs]
 
 
 def _require_snapshot(config: RunConfig, root):

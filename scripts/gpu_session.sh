@@ -1,50 +1,59 @@
 #!/usr/bin/env bash
-# One prepared session on a lent GPU machine (H100/H200), sized for ~9 minutes:
-#   1. scripts/gpu_check.sh: gpu-marked tests, the benchmark, the timed paper-schedule phase;
-#   2. in the background from the start: the paper-profile LUCIR pair (herding, mnemonics), N=10;
-#   3. every quick-profile run the notebooks need, 8 processes sharing the GPU, in priority order,
-#      stopping new launches at a time limit (each run is written atomically, so a stop loses
-#      only runs in flight);
-#   4. the new run directories and benchmark files are packed into $OUT.
-# Needs data/caltech101_32 carried with the tree (the offline copy; see data/README.md).
-# Usage (device tool): bash scripts/gpu_session.sh   env: QUICK_LIMIT (s), PAPER_LIMIT (s), SMALL=1
+# One prepared session on a lent GPU machine (H100/H200), sized to end within ~9.5 minutes:
+#   1. scripts/gpu_check.sh alone (clean timings): gpu-marked tests, benchmark, timed paper phase;
+#   2. in the background: the paper-profile LUCIR pair (herding, mnemonics), caltech100, N=10;
+#   3. every quick-profile run the notebooks need (sweep first, which chooses the mnemonics
+#      settings; then Table 1, the ablations, ...), 8 processes sharing the GPU, in priority order,
+#      launching nothing new after a time limit (runs are written atomically: a stop loses only
+#      the runs in flight);
+#   4. results/ (new runs, sweep choice, benchmark files) packed into $OUT/results.tgz.
+# Needs data/caltech101_32 carried with the tree (copy of ../shared/data/caltech101_32).
+# SMALL=1: the same steps at smoke size, to prove the script end to end on a CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export MNEMONICS_CHECKPOINTS="${MNEMONICS_CHECKPOINTS:-$PWD/checkpoints}"
 PY=${PY:-python3}
 OUT=${OUT:-build/gpu_out}
 mkdir -p "$OUT" results/bench
-QUICK_LIMIT=${QUICK_LIMIT:-330}
-PAPER_LIMIT=${PAPER_LIMIT:-480}
-PROFILE_QUICK=${PROFILE_QUICK:-quick}
-PROFILE_PAPER=${PROFILE_PAPER:-paper}
-JOBS=${JOBS:-8}
-DEVICE=${DEVICE:-cuda}
+SMALL=${SMALL:-0}
+if [ "$SMALL" = 1 ]; then
+  QUICK=smoke; PAPER=smoke; JOBS=${JOBS:-2}; DEVICE=${DEVICE:-cpu}; CHECK_BUDGET=${CHECK_BUDGET:-200}
+  END_AT=${END_AT:-560}; QUICK_LIMIT=${QUICK_LIMIT:-60}
+else
+  QUICK=quick; PAPER=paper; JOBS=${JOBS:-8}; DEVICE=${DEVICE:-cuda}; CHECK_BUDGET=${CHECK_BUDGET:-150}
+  END_AT=${END_AT:-545}; QUICK_LIMIT=${QUICK_LIMIT:-300}
+fi
 start=$(date +%s)
-stamp() { echo "[gpu_session +$(( $(date +%s) - start ))s] $*"; }
+now() { echo $(( $(date +%s) - start )); }
+stamp() { echo "[gpu_session +$(now)s] $*"; }
+pack() {
+  tar czf "$OUT/results.tgz" --exclude='.tmp-*' results "$( [ "$SMALL" = 1 ] && echo build/smoke_results )" 2>/dev/null
+  ls -la "$OUT"; stamp "packed"
+}
+trap pack EXIT
 
 stamp "device: $($PY -c 'import torch;print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", torch.__version__)')"
+stamp "gpu_check alone (budget ${CHECK_BUDGET}s)"
+GPU_CHECK_SMALL=$SMALL GPU_CHECK_BUDGET_S=$CHECK_BUDGET timeout $(( CHECK_BUDGET + 20 )) env -u OUT \
+    bash scripts/gpu_check.sh > "$OUT/gpu_check.log" 2>&1
+echo "gpu_check rc=$?" >> "$OUT/gpu_check.log"
+tail -n 30 "$OUT/gpu_check.log"
 
-stamp "paper-profile LUCIR pair in the background (limit ${PAPER_LIMIT}s)"
-timeout "$PAPER_LIMIT" $PY scripts/study.py results --profile "$PROFILE_PAPER" --only paper_pair \
-    --jobs 2 --device "$DEVICE" > "$OUT/paper_runs.log" 2>&1 &
+left=$(( END_AT - $(now) ))
+stamp "paper-profile LUCIR pair in the background (${left}s left)"
+timeout "$left" $PY scripts/study.py results --profile "$PAPER" --only table1 --first 2 --jobs 2 \
+    --threads 2 --device "$DEVICE" > "$OUT/paper_runs.log" 2>&1 &
 paper_pid=$!
 
-stamp "gpu_check (tests, benchmark, timed phase)"
-timeout 170 env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_check.log" 2>&1; echo "gpu_check rc=$?" >> "$OUT/gpu_check.log"
-tail -n 25 "$OUT/gpu_check.log"
-
-stamp "quick-profile study runs (jobs=$JOBS, limit ${QUICK_LIMIT}s)"
-timeout $(( QUICK_LIMIT + 60 )) $PY scripts/study.py results --profile "$PROFILE_QUICK" --jobs "$JOBS" \
+stamp "quick-profile runs, sweep first (jobs=$JOBS, no new launch after ${QUICK_LIMIT}s)"
+left=$(( END_AT - $(now) ))
+timeout "$left" $PY scripts/study.py results --profile "$QUICK" --jobs "$JOBS" --threads 1 \
     --device "$DEVICE" --time-limit "$QUICK_LIMIT" > "$OUT/quick_runs.log" 2>&1
 echo "quick rc=$?" >> "$OUT/quick_runs.log"
-tail -n 15 "$OUT/quick_runs.log"
+grep -E "chosen|done|FAILED|cached|tasks" "$OUT/quick_runs.log" | tail -n 40
 
 stamp "waiting for the paper pair"
 wait $paper_pid; echo "paper rc=$?" >> "$OUT/paper_runs.log"
-tail -n 8 "$OUT/paper_runs.log"
-
-# Pack what this session produced (run dirs are immutable; the tarball only adds new ones).
-tar czf "$OUT/results.tgz" results --exclude='results/**/.tmp-*'
-ls -la "$OUT"
+grep -E "done|FAILED|rc=" "$OUT/paper_runs.log" | tail -n 5
 stamp "done"

@@ -56,6 +56,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     params = load_params(args.profile)
     tasks = study.select_tasks(study.all_configs(params), _only(args.only))
+    if args.first:
+        tasks = tasks[: args.first]
     root = notebook_path(params.get("results_dir", "../results"))
     print(f"{len(tasks)} tasks for profile {args.profile} in {root}")
     for art, n in Counter(t.artifacts[0] for t in tasks).items():
@@ -71,7 +73,21 @@ def cmd_results(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    outs = study.run_tasks(tasks, root, device=args.device, jobs=args.jobs, time_limit=args.time_limit,
+    limit = args.time_limit
+    sweep = [t for t in tasks if t.study == study.STUDY_SWEEPS]
+    if sweep and not study.mnemonics_choice(root):
+        # The sweep chooses the mnemonics meta-hyperparameters every other mnemonics run uses:
+        # run it first, store the choice, then enumerate the remaining runs with it.
+        print(f"sweep first: {len(sweep)} runs choose the mnemonics defaults")
+        outs = study.run_tasks(sweep, root, device=args.device, jobs=args.jobs, time_limit=limit,
+                               threads=args.threads, progress=print)
+        if all(o.status in ("cached", "computed") for o in outs):
+            choice = study.choose_mnemonics(params)
+            print(f"chosen mnemonics settings: {choice['chosen']}")
+            tasks = study.select_tasks(study.all_configs(params), _only(args.only))
+        if limit is not None:
+            limit = max(0.0, limit - (time.perf_counter() - t0))
+    outs = study.run_tasks(tasks, root, device=args.device, jobs=args.jobs, time_limit=limit,
                            threads=args.threads, progress=print)
     counts = Counter(o.status for o in outs)
     for o in outs:
@@ -131,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--time-limit", type=float, default=None, help="seconds; no new run starts after it")
     r.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: cores / jobs for a pool)")
+    r.add_argument("--first", type=int, default=None,
+                   help="only the first K tasks of the priority list (after --only)")
     r.add_argument("--dry-run", action="store_true", help="list the tasks and whether each is cached")
     r.set_defaults(func=cmd_results)
     f = sub.add_parser("figures", help="execute every notebook with params/<profile>.yaml")

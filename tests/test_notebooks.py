@@ -4,7 +4,6 @@ through Papermill, with results and figures in a temporary folder shared by all 
 reused across notebooks through the ledger, as with ``make figures``)."""
 import ast
 import json
-import os
 import re
 from pathlib import Path
 
@@ -170,3 +169,22 @@ def test_kernel_input_history_holds_the_injected_cell(tmp_path):
                         progress_bar=False)
     printed = nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"].strip()
     assert printed == "['phases', 'typo']"
+
+
+@pytest.mark.slow
+def test_nbval_revalidates_every_executed_notebook(executed):
+    """nbval re-executes each smoke-executed notebook (its injected smoke parameters included) in
+    a fresh kernel; ``--nbval-lax`` fails on any error, and the notebooks' own assert cells are the
+    checks (outputs are stripped in the repository, so there is nothing else to compare)."""
+    import os
+    import subprocess
+    import sys
+
+    files = [str(executed["notebooks"][n]) for n in ORDER]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider", *files],
+        cwd=NB_DIR, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", proc.stdout)
+    assert passed and int(passed.group(1)) >= 5 * len(ORDER), proc.stdout[-2000:]  # cells checked
