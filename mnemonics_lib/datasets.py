@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import pickle
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,13 +39,20 @@ class ArrayData:
     class_names: tuple[str, ...]
     source: str  # where it was read from, for provenance
 
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return _channel_stats(self.x_train)[0]
+    @functools.cached_property
+    def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        # computed once per dataset object (cached_property writes the instance __dict__, which
+        # a frozen dataclass allows); per-channel statistics of the training images in [0, 1]
+        f = self.x_train.reshape(-1, 3).astype(np.float64) / 255.0
+        return tuple(f.mean(0).round(4)), tuple(f.std(0).round(4))
 
     @property
-    def std(self) -> tuple[float, float, float]:
-        return _channel_stats(self.x_train)[1]
+    def mean(self) -> tuple[float, ...]:
+        return self._stats[0]
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self._stats[1]
 
 
 @dataclass(frozen=True)
@@ -62,22 +68,6 @@ class FolderData:
     # ImageNet statistics, the usual normalisation for ResNet-18 on ImageNet
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-
-def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    # Keyed by the array object, checked through a weak reference: a key made of the data
-    # address alone returned stale statistics once a freed array's memory was reused.
-    entry = _STATS_CACHE.get(id(x))
-    if entry is None or entry[0]() is not x:
-        f = x.reshape(-1, 3).astype(np.float64) / 255.0
-        stats = (tuple(f.mean(0).round(4)), tuple(f.std(0).round(4)))
-        key = id(x)
-        entry = (weakref.ref(x, lambda _ref, k=key: _STATS_CACHE.pop(k, None)), stats)
-        _STATS_CACHE[key] = entry
-    return entry[1]
-
-
-_STATS_CACHE: dict = {}
 
 
 def data_roots() -> list[Path]:

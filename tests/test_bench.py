@@ -156,3 +156,10 @@ def test_paper_projection_dry_run():
     assert len(r["phase0_epoch_s"]) == len(r["phase1_epoch_s"]) == 2
     assert r["projection"]["total_s"] > r["projection"]["train_s"] > 0
     assert 0 <= r["phase1_acc_cnn"] <= 100
+
+
+def test_format_table_accepts_a_subset_of_stages(record):
+    # --stages train,herding,flops once crashed here on the GPU (KeyError 'eval')
+    sub = {**record, "stages": {k: v for k, v in record["stages"].items() if k in ("train", "herding", "flops")}}
+    table = bench.format_table(sub)
+    assert "herding" in table and "eval" not in table
