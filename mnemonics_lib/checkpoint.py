@@ -22,6 +22,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from .atomic import fsync_dir
 __all__ = [
     "CheckpointError",
     "save_checkpoint",
@@ -40,15 +41,6 @@ _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read (truncated, corrupted, not weights-only)."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename: the directory entry itself must reach the disk."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
@@ -71,7 +63,7 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     logger.debug("saved checkpoint %s", path)
 
 

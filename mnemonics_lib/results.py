@@ -29,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .atomic import fsync_dir
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -93,15 +95,6 @@ class InvalidRunError(ValueError):
 # --- writing ----------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Persist renames: the directory entry itself must reach the disk."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as JSON to ``path``: temp file in the same folder, fsync, ``os.replace``.
 
@@ -121,7 +114,7 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def run_dir_name(config: RunConfig) -> str:
@@ -266,7 +259,7 @@ def _compute_and_write(
         return _read_run(final, h)
     # os.rename of a directory fails on a non-empty target: never overwrites a run.
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     logger.info("wrote run %s (%.1f s)", final, wall)
     return RunRecord(path=final, config=cfg, metrics=metrics, env=env)
 

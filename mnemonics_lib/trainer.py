@@ -247,9 +247,11 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
             _save_phase(ck_dir, p, model, memory, method_state, per_phase)
         if stop_after_phase is not None and p == stop_after_phase:
             raise Interrupted(f"stopped after phase {p} (simulated interruption)")
-    if checkpoints:
+    if checkpoints:  # the run is complete: its phase checkpoints are no longer needed
         for f in ck_dir.glob("phase_*.pt"):
             f.unlink()
+        if ck_dir.is_dir() and not any(ck_dir.iterdir()):
+            ck_dir.rmdir()
     return summarise(per_phase)
 
 
