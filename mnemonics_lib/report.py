@@ -51,32 +51,40 @@ def _commit(env: dict[str, Any]) -> str:
     return c + ("+dirty" if env.get("git_dirty") else "")
 
 
+RUN_COLUMNS = ("spec", "dataset", "method", "exemplars", "phases", "seed", "class_order_seed", "profile",
+               "memory_per_class", "inner_lr", "outer_lr", "inner_steps", "aia_cnn", "aia_nme", "last_cnn",
+               "last_nme", "forgetting_cnn", "forgetting_nme", "wall_s_total", "config_hash", "commit",
+               "device", "run_id", "aia", "forgetting")
+PHASE_COLUMNS = ("spec", "label", "phases", "seed", "phase", "n_classes", "acc", "acc_cnn", "acc_nme",
+                 "acc_upper", "config_hash")
+
+
 def runs_frame(records: Sequence[Any]) -> pd.DataFrame:
-    """One row per run: config fields, run spec, run-level metrics, provenance."""
+    """One row per run: config fields, run spec, run-level metrics, provenance (the columns of
+    ``RUN_COLUMNS`` even when there is no run)."""
     rows = []
     for r in records:
         c, m = r.config, r.metrics
+        mn = c.get("mnemonics") or {}  # None for a run without mnemonics exemplars (not in its hash)
         rows.append({
             "spec": spec_of(c), "dataset": c["dataset"], "method": c["method"], "exemplars": c["exemplars"],
             "phases": c["phases"], "seed": c["seed"], "class_order_seed": c["class_order_seed"],
             "profile": c["profile"], "memory_per_class": c["memory_per_class"],
-            "inner_lr": c["mnemonics"]["inner_lr"], "outer_lr": c["mnemonics"]["outer_lr"],
-            "inner_steps": c["mnemonics"]["inner_steps"],
+            **{k: mn.get(k, math.nan) for k in ("inner_lr", "outer_lr", "inner_steps")},
             **{k: float(m[k]) if m.get(k) is not None else math.nan
                for k in ("aia_cnn", "aia_nme", "last_cnn", "last_nme", "forgetting_cnn", "forgetting_nme",
                          "wall_s_total")},
             "config_hash": c["config_hash"], "commit": _commit(r.env), "device": r.env.get("device"),
             "run_id": r.run_id,
         })
-    df = pd.DataFrame(rows)
-    if len(df):
-        df["aia"] = [row[f"aia_{headline_head(row['method'])}"] for _, row in df.iterrows()]
-        df["forgetting"] = [row[f"forgetting_{headline_head(row['method'])}"] for _, row in df.iterrows()]
+    df = pd.DataFrame(rows, columns=list(RUN_COLUMNS[:-2]))
+    df["aia"] = [row[f"aia_{headline_head(row['method'])}"] for _, row in df.iterrows()]
+    df["forgetting"] = [row[f"forgetting_{headline_head(row['method'])}"] for _, row in df.iterrows()]
     return df
 
 
 def phases_frame(records: Sequence[Any]) -> pd.DataFrame:
-    """One row per (run, phase): accuracies after that phase (%)."""
+    """One row per (run, phase): accuracies after that phase (%); ``PHASE_COLUMNS`` when empty."""
     rows = []
     for r in records:
         c = r.config
@@ -89,29 +97,117 @@ def phases_frame(records: Sequence[Any]) -> pd.DataFrame:
                 "acc_upper": math.nan if p.get("acc_upper") is None else p["acc_upper"],
                 "config_hash": c["config_hash"],
             })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(PHASE_COLUMNS))
+
+
+# ------------------------------------------------------------------ runs not run (missing="skip")
+NOT_RUN = "n/a (not run)"  # a table cell none of whose runs is in the ledger
+
+
+def missing_of(records: Sequence[Any], missing: Sequence[Any] | None = None) -> list:
+    """The configs asked for and not in the ledger: ``missing`` when given, else the
+    ``missing`` attribute of a :class:`mnemonics_lib.study.Records`, else none."""
+    return list(missing) if missing is not None else list(getattr(records, "missing", None) or [])
+
+
+def _config_dict(c: Any) -> dict[str, Any]:
+    d = c.to_dict() if hasattr(c, "to_dict") else dict(c)
+    return {**d, "config_hash": c.config_hash() if hasattr(c, "config_hash") else d["config_hash"]}
+
+
+def missing_frame(missing: Sequence[Any]) -> pd.DataFrame:
+    """One row per missing config: its spec and the config fields the tables group by."""
+    rows = []
+    for c in map(_config_dict, missing):
+        mn = c.get("mnemonics") or {}
+        rows.append({"spec": spec_of(c), "dataset": c["dataset"], "method": c["method"],
+                     "exemplars": c["exemplars"], "phases": c["phases"], "seed": c["seed"],
+                     "profile": c["profile"],
+                     **{k: mn.get(k, math.nan) for k in ("inner_lr", "outer_lr", "inner_steps")},
+                     "config_hash": c["config_hash"]})
+    return pd.DataFrame(rows, columns=["spec", "dataset", "method", "exemplars", "phases", "seed", "profile",
+                                       "inner_lr", "outer_lr", "inner_steps", "config_hash"])
+
+
+def _wanted_frame(records: Sequence[Any], missing: Sequence[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(found runs, every wanted run with a ``found`` flag) in the order asked when known."""
+    found = runs_frame(records)
+    miss = missing_frame(missing)
+    cols = list(miss.columns)
+    frames = [f for f in (found[cols].assign(found=True), miss.assign(found=False)) if len(f)]
+    wanted = (pd.concat(frames, ignore_index=True) if frames
+              else pd.DataFrame(columns=cols + ["found"]))
+    order = {h: i for i, h in enumerate(getattr(records, "order", None) or [])}
+    if order:
+        wanted = wanted.assign(_o=[order.get(h, len(order)) for h in wanted["config_hash"]])
+        wanted = wanted.sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
+    return found, wanted
+
+
+def availability(n_found: int, missing: Sequence[Any]) -> str:
+    """'Runs available: 5 of 45 (...)': the sentence every caption ends with."""
+    total = n_found + len(missing)
+    if not missing:
+        return f"Runs available: all {total}."
+    profiles = ", ".join(f"`make results PROFILE={p}`" for p in sorted({_config_dict(c)["profile"]
+                                                                        for c in missing}))
+    return (f"Runs available: {n_found} of {total}; {len(missing)} not run (cells \"{NOT_RUN}\"; "
+            f"compute them with {profiles}).")
+
+
+def _cell_text(mean: float, std: float, n: int, n_missing: int) -> str:
+    """A table cell over seeds: NOT_RUN when none ran, 'k of n seeds' when some did not."""
+    if n == 0:
+        return NOT_RUN
+    text = _fmt(mean, std, n)
+    return text + (f" ({n} of {n + n_missing} seeds)" if n_missing else "")
+
+
+def _cells(found: pd.DataFrame, wanted: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
+    """One row per wanted cell (``keys``, in the order asked): mean/std/count of ``value`` over
+    the found runs (count 0 and NaN for a cell not run), ``n_missing`` and the provenance lists."""
+    cells = wanted[keys].drop_duplicates().reset_index(drop=True)
+    if len(found):
+        cells = cells.merge(_group(found, keys, value), on=keys, how="left")
+    else:
+        cells = cells.assign(mean=math.nan, std=math.nan, count=0)
+    cells["count"] = cells["count"].fillna(0).astype(int)
+    for col in ("seeds", "config_hashes", "commit", "device"):
+        cells[col] = cells[col].fillna("") if col in cells else ""
+    n_miss = wanted[~wanted["found"].astype(bool)].groupby(keys, sort=False, dropna=False).size()
+    cells["n_missing"] = [int(n_miss.get(tuple(k) if len(keys) > 1 else k[0], 0))
+                          for k in cells[keys].itertuples(index=False)]
+    return cells
 
 
 def provenance(records: Sequence[Any], *, artifact: str, profile: str, dataset: str,
-               **extra: Any) -> dict[str, Any]:
-    """What a saved table or figure was made from (the sidecar JSON's content)."""
+               missing: Sequence[Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """What a saved table or figure was made from (the sidecar JSON's content), and which of the
+    runs it asked for were not run (``missing``; default: ``records.missing``)."""
     envs = [r.env for r in records]
+    miss = [_config_dict(c) for c in missing_of(records, missing)]
     return {
         "artifact": artifact, "dataset": dataset, "profile": profile, "n_runs": len(records),
+        "n_runs_wanted": len(records) + len(miss), "complete": not len(miss),
         "config_hashes": sorted({r.config["config_hash"] for r in records}),
         "commits": sorted({_commit(e) for e in envs}),
         "devices": sorted({str(e.get("device")) for e in envs}),
         "torch": sorted({str(e.get("torch")) for e in envs}),
         "run_dirs": sorted(str(r.path) for r in records),
+        "not_run": [{"spec": spec_of(d), "dataset": d["dataset"], "phases": int(d["phases"]),
+                     "seed": int(d["seed"]), "config_hash": d["config_hash"]} for d in miss],
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
 
 
 def footer(prov: dict[str, Any]) -> str:
+    wanted = prov.get("n_runs_wanted", prov["n_runs"])
+    runs = (f"{prov['n_runs']} runs" if wanted == prov["n_runs"]
+            else f"{prov['n_runs']} of {wanted} runs ({wanted - prov['n_runs']} not run)")
     return (f"{prov['artifact']} | dataset {prov['dataset']} | profile {prov['profile']} | "
-            f"{prov['n_runs']} runs (hashes in the sidecar .json) | commit {', '.join(prov['commits'])} | "
-            f"device {', '.join(prov['devices'])}")
+            f"{runs} (hashes in the sidecar .json) | commit {', '.join(prov['commits']) or '-'} | "
+            f"device {', '.join(prov['devices']) or '-'}")
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
@@ -141,23 +237,29 @@ class Table:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def _caption(what: str, dataset: str, profile: str, records: Sequence[Any]) -> str:
+def _caption(what: str, dataset: str, profile: str, records: Sequence[Any],
+             missing: Sequence[Any] | None = None) -> str:
+    """The protocol of every run asked for (found or not), then how many of them are available."""
+    missing = missing_of(records, missing)
+    configs = [r.config for r in records] + [_config_dict(c) for c in missing]
     ds = _DATASET_NOTES.get(dataset, dataset)
-    seeds = sorted({r.config["seed"] for r in records})
-    base = sorted({str(r.config["base_classes"] or "half the") for r in records})
-    mem = sorted({(r.config["memory_mode"], r.config["memory_per_class"], r.config["memory_total"])
-                  for r in records})
+    seeds = sorted({c["seed"] for c in configs})
+    base = sorted({str(c["base_classes"] or "half the") for c in configs})
+    mem = sorted({(c["memory_mode"], c["memory_per_class"], c["memory_total"]) for c in configs})
     mem_txt = ", ".join(f"{m} exemplars/class" if mode == "per_class" else f"{t} exemplars in total"
                         for mode, m, t in mem)
     return (f"{what} Mean ± std over seeds {seeds} (a seed fixes the class order and the training). "
             f"Ours: {ds}; {_PROFILE_NOTES.get(profile, profile)}; {'/'.join(base)} classes in phase 0; "
-            f"memory: {mem_txt}.")
+            f"memory: {mem_txt}. {availability(len(records), missing)}")
 
 
-def table1(records: Sequence[Any], *, dataset: str, profile: str) -> Table:
-    """Table 1: AIA (%) per method and N, the paper's number (tag) and the difference beside ours."""
-    df = runs_frame(records)
-    g = _group(df, ["spec", "method", "phases"], "aia")
+def table1(records: Sequence[Any], *, dataset: str, profile: str,
+           missing: Sequence[Any] | None = None) -> Table:
+    """Table 1: AIA (%) per method and N, the paper's number (tag) and the difference beside ours.
+    A cell none of whose runs exists reads ``NOT_RUN`` (``missing``: default ``records.missing``)."""
+    missing = missing_of(records, missing)
+    df, wanted = _wanted_frame(records, missing)
+    g = _cells(df, wanted, ["spec", "method", "phases"], "aia")
     paper = [paper_numbers.table1_number(s, dataset, n) for s, n in zip(g["spec"], g["phases"])]
     g["paper"] = [p.value if p else math.nan for p in paper]
     g["paper_tag"] = [p.tag if p else "" for p in paper]
@@ -173,47 +275,52 @@ def table1(records: Sequence[Any], *, dataset: str, profile: str) -> Table:
         row: dict[str, Any] = {"method": label_of(spec)}
         for _, r in sub.iterrows():
             n = int(r["phases"])
-            row[f"N={n} ours"] = _fmt(r["aia_mean"], r["aia_std"], int(r["n_seeds"]))
+            row[f"N={n} ours"] = _cell_text(r["aia_mean"], r["aia_std"], int(r["n_seeds"]),
+                                            int(r["n_missing"]))
             row[f"N={n} paper"] = f"{r['paper']:.2f} {r['paper_tag']}" if np.isfinite(r["paper"]) else "—"
             row[f"N={n} Δ"] = f"{r['delta']:+.2f}" if np.isfinite(r["delta"]) else "—"
-        row["config hashes"] = " ".join(sub["config_hashes"])
-        row["commit"] = ",".join(sorted(set(sub["commit"])))
-        row["device"] = ",".join(sorted(set(sub["device"])))
+        row["config hashes"] = " ".join(h for h in sub["config_hashes"] if h) or "—"
+        row["commit"] = ",".join(sorted(set(sub["commit"]) - {""})) or "—"
+        row["device"] = ",".join(sorted(set(sub["device"]) - {""})) or "—"
         rows.append(row)
     pds = paper_numbers.PAPER_DATASET.get(dataset)
     what = ("Table 1: average incremental accuracy (%, phase 0 included; CNN head, NME for iCaRL)."
             + (f" Paper numbers are {pds} (arXiv v6); Δ = ours − paper." if pds else " No paper numbers."))
     if dataset != pds:
         what += " Different dataset: Δ is context, not a reproduction verdict."
-    cap = _caption(what, dataset, profile, records) + " " + _TAG_LEGEND
+    cap = _caption(what, dataset, profile, records, missing) + " " + _TAG_LEGEND
     return Table(f"table1_{dataset}_{profile}", long, pd.DataFrame(rows), cap,
-                 provenance(records, artifact="table1", profile=profile, dataset=dataset))
+                 provenance(records, artifact="table1", profile=profile, dataset=dataset, missing=missing))
 
 
-def ablation_table(records: Sequence[Any], *, dataset: str, profile: str) -> Table:
-    """Exemplar type under each method: AIA (CNN, NME), forgetting, Δ vs herding of the same method."""
-    df = runs_frame(records)
+def ablation_table(records: Sequence[Any], *, dataset: str, profile: str,
+                   missing: Sequence[Any] | None = None) -> Table:
+    """Exemplar type under each method: AIA (CNN, NME), forgetting, Δ vs herding of the same method;
+    ``NOT_RUN`` where no run of a cell exists."""
+    missing = missing_of(records, missing)
+    df, wanted = _wanted_frame(records, missing)
     keys = ["spec", "method", "exemplars", "phases"]
     long = None
     for value in ("aia", "aia_cnn", "aia_nme", "forgetting_cnn", "last_cnn"):
-        g = _group(df, keys, value).rename(
+        g = _cells(df, wanted, keys, value).rename(
             columns={"mean": f"{value}_mean", "std": f"{value}_std", "count": "n_seeds"})
         long = g if long is None else long.merge(g[keys + [f"{value}_mean", f"{value}_std"]], on=keys)
     base = long[long["spec"] == long["method"]].set_index(["method", "phases"])["aia_mean"]
     long["delta_vs_herding"] = [r["aia_mean"] - base.get((r["method"], r["phases"]), math.nan)
                                 for _, r in long.iterrows()]
     long["dataset"], long["profile"] = dataset, profile
+
+    def col(value: str) -> list[str]:
+        return [_cell_text(m, s, n, k) for m, s, n, k in
+                zip(long[f"{value}_mean"], long[f"{value}_std"], long["n_seeds"], long["n_missing"])]
+
     wide = pd.DataFrame({
         "run spec": long["spec"], "N": long["phases"],
-        "AIA CNN": [_fmt(m, s, n) for m, s, n in
-                    zip(long["aia_cnn_mean"], long["aia_cnn_std"], long["n_seeds"])],
-        "AIA NME": [_fmt(m, s, n) for m, s, n in
-                    zip(long["aia_nme_mean"], long["aia_nme_std"], long["n_seeds"])],
-        "forgetting CNN": [_fmt(m, s, n) for m, s, n in
-                           zip(long["forgetting_cnn_mean"], long["forgetting_cnn_std"], long["n_seeds"])],
+        "AIA CNN": col("aia_cnn"), "AIA NME": col("aia_nme"), "forgetting CNN": col("forgetting_cnn"),
         "Δ AIA vs herding": [f"{d:+.2f} ({headline_head(m).upper()})" if np.isfinite(d) else "—"
                              for d, m in zip(long["delta_vs_herding"], long["method"])],
-        "config hashes": long["config_hashes"], "commit": long["commit"], "device": long["device"],
+        **{name: long[col].replace("", "—") for name, col in (("config hashes", "config_hashes"),
+                                                              ("commit", "commit"), ("device", "device"))},
     })
     cap = _caption("Exemplar ablation: random vs herding vs mnemonics (paper §3) vs the authors' released "
                    "procedure (authors_code), under each method; +flags are the deconfounding runs "
@@ -221,25 +328,30 @@ def ablation_table(records: Sequence[Any], *, dataset: str, profile: str) -> Tab
                    "scales; balanced_finetune: class-balanced fine-tuning, default only for mnemonics). "
                    "Δ: AIA of the method's own classifier (CNN; NME for iCaRL) minus the same method with "
                    "herding. The paper's ablation numbers were not recovered, so there is no paper column.",
-                   dataset, profile, records)
+                   dataset, profile, records, missing)
     return Table(f"ablation_exemplars_{dataset}_{profile}", long, wide, cap,
-                 provenance(records, artifact="ablation_exemplars", profile=profile, dataset=dataset))
+                 provenance(records, artifact="ablation_exemplars", profile=profile, dataset=dataset,
+                            missing=missing))
 
 
-def forgetting_table(records: Sequence[Any], *, dataset: str, profile: str) -> Table:
+def forgetting_table(records: Sequence[Any], *, dataset: str, profile: str,
+                     missing: Sequence[Any] | None = None) -> Table:
     """AIA and forgetting of both heads beside the authors' README rows ('LwF' = CNN, 'iCaRL' = NME
-    of the same run; 'w/ mnemonics' matched to our mnemonics and authors_code exemplars)."""
-    df = runs_frame(records)
+    of the same run; 'w/ mnemonics' matched to our mnemonics and authors_code exemplars);
+    ``NOT_RUN`` where no run of a cell exists."""
+    missing = missing_of(records, missing)
+    df, wanted = _wanted_frame(records, missing)
     rows = []
     for head in ("cnn", "nme"):
         for metric in ("aia", "forgetting"):
-            g = _group(df, ["spec", "exemplars", "phases"], f"{metric}_{head}")
+            g = _cells(df, wanted, ["spec", "exemplars", "phases"], f"{metric}_{head}")
             for _, r in g.iterrows():
                 mn = r["exemplars"] in ("mnemonics", "authors_code")
                 row_name = paper_numbers.readme_row(head, mn)
                 num = paper_numbers.AUTHORS_README.get((row_name, metric, int(r["phases"])))
                 rows.append({"spec": r["spec"], "head": head, "metric": metric, "phases": int(r["phases"]),
                              "mean": r["mean"], "std": r["std"], "n_seeds": int(r["count"]),
+                             "n_missing": int(r["n_missing"]),
                              "readme_row": row_name, "paper": num.value if num else math.nan,
                              "paper_tag": num.tag if num else "",
                              "config_hashes": r["config_hashes"], "commit": r["commit"],
@@ -254,30 +366,46 @@ def forgetting_table(records: Sequence[Any], *, dataset: str, profile: str) -> T
         for _, r in sub.sort_values(["metric", "phases"]).iterrows():
             key = f"{'AIA' if r['metric'] == 'aia' else 'F'} N={r['phases']}"
             paper = f" (paper {r['paper']:.2f} {r['paper_tag']})" if np.isfinite(r["paper"]) else ""
-            row[key] = _fmt(r["mean"], r["std"], r["n_seeds"]) + paper
-        row["config hashes"] = sub["config_hashes"].iloc[0]
-        row["commit"], row["device"] = sub["commit"].iloc[0], sub["device"].iloc[0]
+            row[key] = _cell_text(r["mean"], r["std"], r["n_seeds"], r["n_missing"]) + paper
+        row["config hashes"] = " ".join(h for h in sub["config_hashes"].unique() if h) or "—"
+        row["commit"] = ",".join(sorted(set(sub["commit"]) - {""})) or "—"
+        row["device"] = ",".join(sorted(set(sub["device"]) - {""})) or "—"
         wide_rows.append(row)
     cap = _caption("Average incremental accuracy (AIA) and forgetting F (accuracy on the phase-0 classes "
                    "after phase 0 minus after the last phase; lower is better), %, for the CNN and the NME "
                    "head of the same runs, beside the authors' code README (CIFAR-100) [code]: its 'LwF' "
                    "rows are the CNN head and its 'iCaRL' rows the NME head of one run; 'w/ mnemonics' is "
-                   "matched to our mnemonics and authors_code exemplars.", dataset, profile, records)
+                   "matched to our mnemonics and authors_code exemplars.", dataset, profile, records, missing)
     return Table(f"forgetting_{dataset}_{profile}", long, pd.DataFrame(wide_rows), cap,
-                 provenance(records, artifact="forgetting", profile=profile, dataset=dataset))
+                 provenance(records, artifact="forgetting", profile=profile, dataset=dataset,
+                            missing=missing))
 
 
-def sweep_table(records: Sequence[Any], *, dataset: str, profile: str) -> Table:
-    df = runs_frame(records)
-    long = df[["inner_steps", "inner_lr", "outer_lr", "aia_cnn", "aia_nme", "forgetting_cnn", "wall_s_total",
-               "config_hash", "commit", "device"]].sort_values(["inner_steps", "inner_lr", "outer_lr"])
-    long = long.assign(dataset=dataset, profile=profile, phases=df["phases"].iloc[0] if len(df) else None)
+def sweep_table(records: Sequence[Any], *, dataset: str, profile: str,
+                missing: Sequence[Any] | None = None) -> Table:
+    """One row per sweep configuration (alpha, beta1, K); ``NOT_RUN`` for one not run."""
+    missing = missing_of(records, missing)
+    df, wanted = _wanted_frame(records, missing)
+    keys = ["inner_steps", "inner_lr", "outer_lr"]
+    metrics = ["aia_cnn", "aia_nme", "forgetting_cnn", "wall_s_total", "commit", "device"]
+    long = wanted[keys + ["config_hash", "phases"]].merge(df[["config_hash"] + metrics], on="config_hash",
+                                                         how="left")
+    long = long.assign(status=np.where(long["config_hash"].isin(set(df["config_hash"])), "run", "not run"),
+                       dataset=dataset, profile=profile)
+    long = long[keys + metrics[:4] + ["status", "config_hash", "commit", "device", "dataset", "profile",
+                                      "phases"]].sort_values(keys, kind="stable").reset_index(drop=True)
     wide = long.rename(columns={"inner_steps": "K", "inner_lr": "alpha", "outer_lr": "beta1"}).round(3)
+    wide = wide.astype({c: object for c in metrics[:4]})
+    wide.loc[wide["status"] == "not run", metrics[:4]] = NOT_RUN
     cap = _caption("Mnemonics sensitivity sweep (LUCIR w/ mnemonics, one seed): AIA (%) over the inner "
                    "learning rate alpha, the exemplar learning rate beta1 and the unrolled steps K.",
-                   dataset, profile, records)
+                   dataset, profile, records, missing)
     return Table(f"sweep_mnemonics_{dataset}_{profile}", long, wide, cap,
-                 provenance(records, artifact="sweep_mnemonics", profile=profile, dataset=dataset))
+                 provenance(records, artifact="sweep_mnemonics", profile=profile, dataset=dataset,
+                            missing=missing))
+
+
+MARGIN_COLUMNS = ("exemplars", "stage", "phase", "kind", "margin")
 
 
 def margins_frame(snapshot_records: Sequence[Any]) -> pd.DataFrame:
@@ -291,15 +419,28 @@ def margins_frame(snapshot_records: Sequence[Any]) -> pd.DataFrame:
             for kind, key in (("exemplar", "exemplar_margin"), ("real", "real_margin")):
                 rows += [{"exemplars": strategy, "stage": f"{when} (phase {s['phase']})", "phase": s["phase"],
                           "kind": kind, "margin": v} for v in s[key]]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(MARGIN_COLUMNS))
 
 
-def margin_table(snapshot_records: Sequence[Any], *, dataset: str, profile: str) -> Table:
-    """The numeric answer to 'exemplars lie on class boundaries': exemplar vs real-data margins."""
+def margin_table(snapshot_records: Sequence[Any], *, dataset: str, profile: str,
+                 missing: Sequence[Any] | None = None) -> Table:
+    """The numeric answer to 'exemplars lie on class boundaries': exemplar vs real-data margins;
+    a strategy whose snapshot run is missing gets one row, stage ``NOT_RUN``."""
+    missing = missing_of(snapshot_records, missing)
     df = margins_frame(snapshot_records)
-    g = df.groupby(["exemplars", "stage", "kind"], sort=False)["margin"]
-    long = g.agg(["median", "mean", "count"]).reset_index()
-    long["frac_below_zero"] = g.apply(lambda s: float((s < 0).mean())).values
+    cols = ["exemplars", "stage", "kind", "median", "mean", "count", "frac_below_zero"]
+    if len(df):
+        g = df.groupby(["exemplars", "stage", "kind"], sort=False)["margin"]
+        long = g.agg(["median", "mean", "count"]).reset_index()
+        long["frac_below_zero"] = g.apply(lambda s: float((s < 0).mean())).values
+    else:
+        long = pd.DataFrame(columns=cols)
+    not_run = pd.DataFrame([{"exemplars": _config_dict(c)["exemplars"], "stage": NOT_RUN, "kind": "",
+                             "median": math.nan, "mean": math.nan, "count": 0, "frac_below_zero": math.nan}
+                            for c in missing], columns=cols)
+    long = pd.concat([x for x in (long, not_run) if len(x)], ignore_index=True) if len(long) + len(not_run) \
+        else long
+    long = long.astype({"median": float, "mean": float, "frac_below_zero": float, "count": int})
     real_med = long[long["kind"] == "real"].set_index(["exemplars", "stage"])["median"]
     long["median_minus_real_median"] = [r["median"] - real_med.get((r["exemplars"], r["stage"]), math.nan)
                                         for _, r in long.iterrows()]
@@ -308,9 +449,10 @@ def margin_table(snapshot_records: Sequence[Any], *, dataset: str, profile: str)
                    "mean, features of the same model, class means from all real training images): "
                    "exemplars of every seen class vs up to 60 real images per class. A lower exemplar "
                    "median than the real median means exemplars sit nearer the class boundaries.",
-                   dataset, profile, snapshot_records)
+                   dataset, profile, snapshot_records, missing)
     return Table(f"exemplar_margins_{dataset}_{profile}", long, long.round(4), cap,
-                 provenance(snapshot_records, artifact="exemplar_margins", profile=profile, dataset=dataset))
+                 provenance(snapshot_records, artifact="exemplar_margins", profile=profile, dataset=dataset,
+                            missing=missing))
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -367,32 +509,78 @@ def _style():
     return plt, sns
 
 
-def plot_phase_curves(records: Sequence[Any], methods: Sequence[str] | None = None, title: str = ""):
+def not_run_figure(what: str, missing: Sequence[Any]):
+    """The figure saved in place of one none of whose runs exists (so no stale figure survives):
+    what it would show, how many runs it needs, and the command that computes them."""
+    plt, _ = _style()
+    profiles = sorted({_config_dict(c)["profile"] for c in missing})
+    fig, ax = plt.subplots(figsize=(7.0, 2.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{what}\nNOT RUN: none of its {len(missing)} runs is in the results ledger yet.\n"
+            f"Compute them with: {' / '.join(f'make results PROFILE={p}' for p in profiles)}",
+            ha="center", va="center", fontsize=11, transform=ax.transAxes)
+    return fig
+
+
+def _not_run_text(ax, text: str = "not run") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, color="0.45", transform=ax.transAxes)
+
+
+def _in_order(records: Sequence[Any], missing: Sequence[Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """(record or None, config dict) for every wanted run, in the order asked when known."""
+    items = [(r, r.config) for r in records] + [(None, _config_dict(c)) for c in missing]
+    order = {h: i for i, h in enumerate(getattr(records, "order", None) or [])}
+    return sorted(items, key=lambda it: order.get(it[1]["config_hash"], len(order)))
+
+
+def _availability_title(n_found: int, missing: Sequence[Any]) -> str:
+    return f" [{n_found} of {n_found + len(missing)} runs; the others not run]" if missing else ""
+
+
+def plot_phase_curves(records: Sequence[Any], methods: Sequence[str] | None = None, title: str = "",
+                      missing: Sequence[Any] | None = None):
     """Fig. 4: accuracy (%) after each phase vs number of classes, one panel per N, seed bands
-    (min-max over seeds), and the all-data class-mean reference as a dashed line."""
+    (min-max over seeds), and the all-data class-mean reference as a dashed line. A panel (N)
+    with no run says "not run"; ``missing`` (default ``records.missing``) is counted in the titles."""
+    missing = missing_of(records, missing)
+    what = "Fig. 4: accuracy after each phase"
+    if not records:
+        return not_run_figure(what, missing)
     plt, sns = _style()
-    df = phases_frame(records)
-    order = [label_of(m) for m in as_list(methods)] or sorted(df["label"].unique())
-    ns = sorted(df["phases"].unique())
+    df, miss = phases_frame(records), missing_frame(missing)
+    present = set(df["label"])
+    order = [x for x in ([label_of(m) for m in as_list(methods)] or sorted(present)) if x in present]
+    palette = dict(zip(order, sns.color_palette(n_colors=len(order))))
+    ref = "reference: NME with all-data class means (best model)"
+    ns = sorted(set(df["phases"]) | set(miss["phases"]))
     fig, axes = plt.subplots(1, len(ns), figsize=(4.6 * len(ns), 3.8), squeeze=False, sharey=True)
+    legend: dict[str, Any] = {}
     for ax, n in zip(axes[0], ns):
         sub = df[df["phases"] == n]
-        sns.lineplot(data=sub, x="n_classes", y="acc", hue="label", hue_order=order, marker="o",
-                     errorbar=("pi", 100), ax=ax, legend=ax is axes[0][0])
+        n_found, n_miss = sub["config_hash"].nunique(), int((miss["phases"] == n).sum())
+        count = f" ({n_found} of {n_found + n_miss} runs)" if n_miss else ""
+        ax.set(title=f"N = {n} phases{count}", xlabel="number of classes", ylabel="top-1 accuracy (%)")
+        if not len(sub):
+            ax.set_xticks([])
+            _not_run_text(ax, f"not run\n(0 of {n_miss} runs)")
+            continue
+        sns.lineplot(data=sub, x="n_classes", y="acc", hue="label", palette=palette,
+                     hue_order=[x for x in order if x in set(sub["label"])], marker="o",
+                     errorbar=("pi", 100), ax=ax)
         up = sub.groupby(["label", "n_classes"])["acc_upper"].mean().groupby("n_classes").max()
         if up.notna().any():
-            ax.plot(up.index, up.values, ls="--", color="0.35", lw=1.2,
-                    label="reference: NME with all-data class means (best model)")
-        ax.set(title=f"N = {n} phases", xlabel="number of classes", ylabel="top-1 accuracy (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if up.notna().any() and "reference" not in " ".join(labels):
-        handles += axes[0][-1].get_lines()[-1:]
-        labels += ["reference: NME with all-data class means (best model)"]
-    if axes[0][0].get_legend():
-        axes[0][0].get_legend().remove()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle(title or "Accuracy after each phase (CNN head; NME for iCaRL); bands: min-max over seeds")
+            ax.plot(up.index, up.values, ls="--", color="0.35", lw=1.2, label=ref)
+        handles, labels = ax.get_legend_handles_labels()
+        legend.update({lab: h for h, lab in zip(handles, labels) if lab not in legend})
+        if ax.get_legend():
+            ax.get_legend().remove()
+    labels = [x for x in order if x in legend] + [ref] * (ref in legend)
+    fig.legend([legend[x] for x in labels], labels, loc="lower center", ncol=min(len(labels), 3),
+               frameon=False, bbox_to_anchor=(0.5, -0.02))
+    absent = [label_of(m) for m in as_list(methods) if label_of(m) not in present]
+    fig.suptitle((title or "Accuracy after each phase (CNN head; NME for iCaRL); bands: min-max over seeds")
+                 + _availability_title(len(records), missing)
+                 + (f"\nnot run at all: {', '.join(absent)}" if absent else ""))
     fig.tight_layout(rect=(0, 0.1 + 0.04 * (len(labels) > 3), 1, 1))
     return fig
 
@@ -415,18 +603,30 @@ def tsne_embedding(snap: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]
             "ex_y": np.asarray(snap["exemplar_labels"]), "other": z[b:]}
 
 
-def plot_tsne(snapshot_records: Sequence[Any], seed: int = 0):
+def plot_tsne(snapshot_records: Sequence[Any], seed: int = 0, missing: Sequence[Any] | None = None):
     """Fig. 1: columns = exemplar strategies, rows = early / late phase; light dots = real images,
-    dark dots = exemplars (5 classes in colour), grey crosses = the other classes' means."""
+    dark dots = exemplars (5 classes in colour), grey crosses = the other classes' means. A
+    strategy whose snapshot run is missing (``missing``, default ``records.missing``) gets a
+    "not run" column."""
+    missing = missing_of(snapshot_records, missing)
+    if not snapshot_records:
+        return not_run_figure("Fig. 1: t-SNE of exemplars and real images", missing)
     plt, sns = _style()
     from matplotlib.lines import Line2D
 
-    recs = list(snapshot_records)
+    cols = _in_order(snapshot_records, missing)
+    recs = [r for r, _ in cols if r is not None]
     n_rows = max(len(r.metrics["snapshots"]) for r in recs)
-    fig, axes = plt.subplots(n_rows, len(recs), figsize=(3.8 * len(recs), 3.6 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(n_rows, len(cols), figsize=(3.8 * len(cols), 3.6 * n_rows), squeeze=False)
     colours = sns.color_palette("tab10", 10)
     classes = recs[0].metrics["snapshots"][0]["classes"]
-    for j, r in enumerate(recs):
+    for j, (r, cfg) in enumerate(cols):
+        if r is None:
+            for i in range(n_rows):
+                axes[i][j].set(xticks=[], yticks=[])
+                _not_run_text(axes[i][j])
+            axes[0][j].set_title(f"{cfg['exemplars']} exemplars (not run)")
+            continue
         for i, snap in enumerate(r.metrics["snapshots"]):
             e = tsne_embedding(snap, seed)
             ax = axes[i][j]
@@ -451,25 +651,36 @@ def plot_tsne(snapshot_records: Sequence[Any], seed: int = 0):
                 Line2D([], [], ls="", marker="x", color="0.6", label="other classes' means")]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8,
                bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle("t-SNE of normalised features: first five classes of the order, exemplars vs real images")
+    fig.suptitle("t-SNE of normalised features: first five classes of the order, exemplars vs real images"
+                 + _availability_title(len(recs), missing))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
-def plot_margins(snapshot_records: Sequence[Any]):
-    """Distribution of class margins per exemplar strategy: exemplars vs real images."""
+def plot_margins(snapshot_records: Sequence[Any], missing: Sequence[Any] | None = None):
+    """Distribution of class margins per exemplar strategy: exemplars vs real images (a strategy
+    whose snapshot run is missing keeps its slot, marked "not run")."""
+    missing = missing_of(snapshot_records, missing)
+    if not snapshot_records:
+        return not_run_figure("Class margins of exemplars vs real images", missing)
     plt, sns = _style()
     df = margins_frame(snapshot_records)
+    order = list(dict.fromkeys(cfg["exemplars"] for _, cfg in _in_order(snapshot_records, missing)))
+    absent = [_config_dict(c)["exemplars"] for c in missing]
     stages = list(dict.fromkeys(df["stage"]))
     fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 3.8), squeeze=False, sharey=True)
     for ax, st in zip(axes[0], stages):
-        sns.boxplot(data=df[df["stage"] == st], x="exemplars", y="margin", hue="kind",
+        sns.boxplot(data=df[df["stage"] == st], x="exemplars", y="margin", hue="kind", order=order,
                     hue_order=["real", "exemplar"], showfliers=False, ax=ax, legend=ax is axes[0][-1])
         ax.axhline(0, color="0.3", lw=0.8, ls=":")
+        for x in absent:
+            ax.text(order.index(x), 0.5, "not run", ha="center", va="center", color="0.45",
+                    transform=ax.get_xaxis_transform())
         ax.set(title=st, xlabel="exemplar strategy",
                ylabel="margin: cos(own mean) − max cos(other mean)")
     sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.01, 1.0), title="points", frameon=False)
-    fig.suptitle("Are exemplars near class boundaries? (lower margin = nearer; whiskers 1.5 IQR)")
+    fig.suptitle("Are exemplars near class boundaries? (lower margin = nearer; whiskers 1.5 IQR)"
+                 + _availability_title(len(snapshot_records), missing))
     fig.tight_layout()
     return fig
 
@@ -484,20 +695,29 @@ def _mosaic(x: np.ndarray, y: np.ndarray, classes: Sequence[int], per_class: int
     return out
 
 
-def plot_exemplar_grid(snapshot_records: Sequence[Any], stage: int = 0, per_class: int = 8):
+def plot_exemplar_grid(snapshot_records: Sequence[Any], stage: int = 0, per_class: int = 8,
+                       missing: Sequence[Any] | None = None):
     """Exemplar images of the first five classes per strategy at a recorded phase (``stage`` 0 =
     early, -1 = late); with herding and mnemonics both present (and mnemonics initialised from
-    herding) also |mnemonics − herding| scaled to its maximum: what the bilevel optimisation changed."""
+    herding) also |mnemonics − herding| scaled to its maximum: what the bilevel optimisation changed.
+    A strategy whose snapshot run is missing gets a "not run" panel."""
+    missing = missing_of(snapshot_records, missing)
+    if not snapshot_records:
+        return not_run_figure("Exemplar images per strategy", missing)
     plt, _ = _style()
     from .study import decode_pixels
 
     panels = []
-    for r in snapshot_records:
+    for r, cfg in _in_order(snapshot_records, missing):
+        if r is None:
+            panels.append((f"{cfg['exemplars']} (not run)", None, None, None, cfg))
+            continue
         snap = r.metrics["snapshots"][stage]
         x, y = decode_pixels(snap["exemplar_pixels"])
         panels.append((f"{r.config['exemplars']}", x, y, snap, r.config))
-    by = {p[0]: p for p in panels}
-    classes = panels[0][3]["classes"]
+    by = {p[0]: p for p in panels if p[1] is not None}
+    first = next(p for p in panels if p[1] is not None)
+    classes = first[3]["classes"]
     if "herding" in by and "mnemonics" in by and by["mnemonics"][4]["mnemonics"]["init"] == "herding" \
             and by["herding"][1].shape == by["mnemonics"][1].shape:
         diff = np.abs(by["mnemonics"][1].astype(np.float32) - by["herding"][1].astype(np.float32))
@@ -505,34 +725,49 @@ def plot_exemplar_grid(snapshot_records: Sequence[Any], stage: int = 0, per_clas
         scaled = (diff * (255.0 / peak) if peak > 0 else diff).round().astype(np.uint8)
         panels.append((f"|mnemonics − herding|, scaled\n(max difference {peak:.0f}/255)", scaled,
                        by["herding"][2], by["herding"][3], None))
-    k = min(per_class, max(int((p[2] == c).sum()) for p in panels for c in classes))
+    k = min(per_class, max(int((p[2] == c).sum()) for p in panels if p[1] is not None for c in classes))
     size = (0.55 * k * len(panels) + 1.2, 0.62 * len(classes) + 1.2)
     fig, axes = plt.subplots(1, len(panels), figsize=size, squeeze=False)
     for ax, (title, x, y, snap, _) in zip(axes[0], panels):
-        ax.imshow(_mosaic(x, y, classes, k), interpolation="nearest")
         ax.grid(False)
         ax.set_xticks([])
+        ax.set_title(title, fontsize=10)
+        if x is None:
+            ax.set_yticks([])
+            _not_run_text(ax)
+            continue
+        ax.imshow(_mosaic(x, y, classes, k), interpolation="nearest")
         ax.set_yticks([(i + 0.5) * (x.shape[2] + 1) for i in range(len(classes))],
                       [f"class {c}" for c in classes])
-        ax.set_title(title, fontsize=10)
         ax.set_xlabel(f"first {k} exemplars per class")
-    fig.suptitle(f"Exemplars after phase {panels[0][3]['phase']} (first five classes of the order)")
+    fig.suptitle(f"Exemplars after phase {first[3]['phase']} (first five classes of the order)"
+                 + _availability_title(len(snapshot_records), missing))
     fig.tight_layout()
     return fig
 
 
-def plot_sweep(records: Sequence[Any], value: str = "aia_cnn"):
-    """Heatmaps of AIA over alpha x beta1, one panel per K."""
+def plot_sweep(records: Sequence[Any], value: str = "aia_cnn", missing: Sequence[Any] | None = None):
+    """Heatmaps of AIA over alpha x beta1, one panel per K ("not run" in a cell with no run)."""
+    missing = missing_of(records, missing)
+    if not records:
+        return not_run_figure("Mnemonics sensitivity sweep", missing)
     plt, sns = _style()
-    df = runs_frame(records)
-    ks = sorted(df["inner_steps"].unique())
+    df, wanted = _wanted_frame(records, missing)
+    wanted = wanted.merge(df[["config_hash", value]], on="config_hash", how="left")
+    wanted[value] = wanted[value].astype(float)
+    ks = sorted(wanted["inner_steps"].unique())
     fig, axes = plt.subplots(1, len(ks), figsize=(4.4 * len(ks), 3.6), squeeze=False)
     vmin, vmax = df[value].min(), df[value].max()
     for ax, k in zip(axes[0], ks):
-        piv = df[df["inner_steps"] == k].pivot_table(index="inner_lr", columns="outer_lr", values=value)
+        piv = wanted[wanted["inner_steps"] == k].pivot_table(index="inner_lr", columns="outer_lr",
+                                                            values=value, dropna=False)
         sns.heatmap(piv, annot=True, fmt=".2f", cmap="viridis", vmin=vmin, vmax=vmax, ax=ax,
                     cbar_kws={"label": f"{value} (%)"})
+        for (i, j), v in np.ndenumerate(piv.to_numpy()):
+            if not np.isfinite(v):
+                ax.text(j + 0.5, i + 0.5, "not run", ha="center", va="center", fontsize=8, color="0.4")
         ax.set(title=f"K = {k} inner steps", xlabel="beta1 (exemplar lr)", ylabel="alpha (inner lr)")
-    fig.suptitle("Mnemonics sensitivity: average incremental accuracy")
+    fig.suptitle("Mnemonics sensitivity: average incremental accuracy"
+                 + _availability_title(len(records), missing))
     fig.tight_layout()
     return fig

@@ -59,6 +59,25 @@ class ParameterError(ValueError):
     """A notebook received a parameter it does not know (the message lists the known ones)."""
 
 
+#: What to do with a run that is not in the ledger: ``compute`` it (minutes at smoke size, hours
+#: at quick, GPU days at paper), ``skip`` it (render what exists; tables show "n/a (not run)" and
+#: the notebook lists the missing runs with the command that computes them), or raise (``error``).
+MISSING_MODES = ("compute", "skip", "error")
+
+
+def missing_mode(missing: str | None = None, compute_missing: bool | None = None) -> str:
+    """The missing-run behaviour: ``missing`` when given, else the older ``compute_missing``
+    (True -> ``compute``, False -> ``error``), else ``compute``."""
+    legacy = None if compute_missing is None else ("compute" if compute_missing else "error")
+    if missing is None:
+        return legacy or "compute"
+    if missing not in MISSING_MODES:
+        raise ParameterError(f"missing={missing!r}: expected one of {list(MISSING_MODES)}")
+    if legacy is not None and legacy != missing:
+        raise ParameterError(f"missing={missing!r} contradicts compute_missing={compute_missing!r}")
+    return missing
+
+
 # ------------------------------------------------------------------ small helpers
 def as_list(value: Any) -> list:
     """A notebook parameter as a list: a scalar ``5`` or ``"lucir"`` becomes ``[5]``; None ``[]``."""
@@ -202,7 +221,7 @@ _COMMON = {
     "memory_per_class": 20,
     "results_dir": "../results",
     "figures_dir": "../figures",
-    "compute_missing": True,
+    "missing": "skip",
     "device": "auto",
 }
 _PHASES_SEEDS = {"phases": [5, 10, 25], "seeds": list(SEEDS)}
@@ -614,27 +633,97 @@ def _run_pool(todo, outcomes, root, device, jobs, threads, expired, say) -> None
         outcomes[t.key] = Outcome(t, "skipped", error="time limit reached")
 
 
+class Records(list):
+    """The RunRecords found, in the order asked (it is a list of them), plus what was asked for
+    and is not in the ledger: ``missing`` (configs, in the order asked; empty unless
+    ``missing="skip"``). ``order`` holds every asked config hash in order (for the report's rows).
+    """
+
+    def __init__(self, found: Iterable = (), missing: Iterable[RunConfig] = (), *,
+                 order: Iterable[str] = (), study: str = STUDY_RUNS, root: Any = None,
+                 mode: str = "skip"):
+        super().__init__(found)
+        self.mode = mode
+        self.missing = list(missing)
+        self.order = list(order)
+        self.study = study
+        self.root = None if root is None else str(root)
+
+    @property
+    def wanted(self) -> int:
+        """How many runs were asked for (found + missing)."""
+        return len(self) + len(self.missing)
+
+    def summary(self, artifact: str | None = None) -> str:
+        """What was found and, for each missing run, its spec, N, seed and config hash, with the
+        command that computes them (printed by the notebooks under the run-or-load cell)."""
+        where = f"{self.root}/{self.study}" if self.root else self.study
+        head = f"{artifact}: " if artifact else ""
+        if not self.missing:
+            return f"{head}all {len(self)} runs found in {where}."
+        if not self:
+            lines = [f"{head}NONE of the {self.wanted} runs is in {where} yet; nothing was computed "
+                     f"(missing=\"{self.mode}\")."]
+        else:
+            lines = [f"{head}{len(self)} of {self.wanted} runs found in {where}; {len(self.missing)} "
+                     f"not run and not computed (missing=\"{self.mode}\")."]
+        if self.mode == "skip":
+            lines[0] += (' Their table cells read "n/a (not run)"; figures show only what exists '
+                         '(a figure with no run at all says "not run").')
+        specs = [spec_of(c) for c in self.missing]
+        w = max(len("spec"), *map(len, specs))
+        lines.append(f"Not run ({len(self.missing)}):")
+        lines.append(f"  {'spec':<{w}}  {'dataset':<10}  {'N':>3}  {'seed':>4}  config hash")
+        lines += [f"  {s:<{w}}  {c.dataset:<10}  {c.phases:>3}  {c.seed:>4}  {c.config_hash()}"
+                  for s, c in zip(specs, self.missing)]
+        for prof in sorted({c.profile for c in self.missing}):
+            lines.append(f"Compute them (resumable, priority order): make results PROFILE={prof}")
+            if artifact:
+                lines.append(f"  or only this notebook's runs: python scripts/study.py results "
+                             f"--profile {prof} --only {artifact}")
+        return "\n".join(lines)
+
+
 def run_configs(configs: Sequence[RunConfig | Task], root: str | os.PathLike, device: str | None = "auto",
-                jobs: int = 1, compute_missing: bool = True, study: str = STUDY_RUNS) -> list:
-    """The notebooks' entry point: a RunRecord per config (cached, else computed; with
-    ``compute_missing=False`` a missing run raises ``results.MissingRunError``)."""
+                jobs: int = 1, compute_missing: bool | None = None, study: str = STUDY_RUNS,
+                missing: str | None = None) -> Records:
+    """The notebooks' entry point: the RunRecords of ``configs`` as :class:`Records`.
+
+    ``missing`` (see :data:`MISSING_MODES`): ``compute`` (default) computes what is not cached;
+    ``error`` raises ``results.MissingRunError`` listing every missing run; ``skip`` returns only
+    the cached records, with the others in ``Records.missing`` (logged as a warning).
+    ``compute_missing`` is the older switch: True = ``compute``, False = ``error``.
+    """
     from . import results
 
+    mode = missing_mode(missing, compute_missing)
     tasks = [c if isinstance(c, Task) else Task(c, study) for c in configs]
-    if not compute_missing:
-        return [results.require_cached(t.config, root, study=t.study) if t.kind == "run"
-                else _require_snapshot(t.config, root) for t in tasks]
-    outs = run_tasks(tasks, root, device, jobs=jobs)
-    failed = [o for o in outs if o.status != "cached" and o.status != "computed"]
-    if failed:
-        raise RuntimeError("; ".join(f"{o.task.describe()}: {o.error}" for o in failed))
-    return [o.record for o in outs]
+    order = [t.config.config_hash() for t in tasks]
+    if mode == "compute":
+        outs = run_tasks(tasks, root, device, jobs=jobs)
+        failed = [o for o in outs if o.status != "cached" and o.status != "computed"]
+        if failed:
+            raise RuntimeError("; ".join(f"{o.task.describe()}: {o.error}" for o in failed))
+        return Records([o.record for o in outs], order=order, study=study, root=root, mode=mode)
+    found, absent = [], []
+    for t in tasks:
+        try:
+            found.append(results.require_cached(t.config, root, study=t.study))
+        except results.MissingRunError:
+            absent.append(t.config)
+    return _found(found, absent, mode, order=order, study=study, root=root)
 
 
-def _require_snapshot(config: RunConfig, root):
-    from . import results
+def _found(found: list, absent: list, mode: str, **kw: Any) -> Records:
+    recs = Records(found, absent, mode=mode, **kw)
+    if absent and mode == "error":
+        from . import results
 
-    return results.require_cached(config, root, study=STUDY_SNAPSHOTS)
+        raise results.MissingRunError(recs.summary())
+    if absent:
+        log.warning("%d of %d runs not in %s/%s (skipped, not computed)", len(absent), recs.wanted,
+                    recs.root, recs.study)
+    return recs
 
 
 # ------------------------------------------------------------------ snapshots (Fig. 1, images)
@@ -660,10 +749,24 @@ def snapshot(config: RunConfig, phases: Sequence[int] | None, root: str | os.Pat
 
 
 def snapshot_records(configs: Sequence[RunConfig], root: str | os.PathLike, device: str | None = "auto",
-                     compute_missing: bool = True) -> list:
-    """:func:`snapshot` for each config with the default phases (the notebooks' entry point)."""
-    return [snapshot(c, None, root, device=_resolve_device(device), compute_missing=compute_missing)
-            for c in configs]
+                     compute_missing: bool | None = None, missing: str | None = None) -> Records:
+    """:func:`snapshot` for each config with the default phases (the notebooks' entry point);
+    ``missing`` / ``compute_missing`` as in :func:`run_configs`."""
+    from . import results
+
+    mode = missing_mode(missing, compute_missing)
+    order = [c.config_hash() for c in configs]
+    kw = {"order": order, "study": STUDY_SNAPSHOTS, "root": root}
+    if mode == "compute":
+        return Records([snapshot(c, None, root, device=_resolve_device(device)) for c in configs],
+                       mode=mode, **kw)
+    found, absent = [], []
+    for c in configs:
+        try:
+            found.append(snapshot(c, None, root, compute_missing=False))
+        except results.MissingRunError:
+            absent.append(c)
+    return _found(found, absent, mode, **kw)
 
 
 SNAPSHOT_CLASSES = 5  # classes shown in colour (the first five of the class order)

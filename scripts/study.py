@@ -9,7 +9,9 @@
 order (``mnemonics_lib.study.all_configs``) and computes the missing ones (resumable: finished runs
 are cached by config hash, a crashed run resumes from its last phase checkpoint). ``figures``
 executes every notebook with Papermill into ``build/notebooks/`` (the notebooks write tables and
-figures into the params file's ``figures_dir``), computing a missing run only at that profile.
+figures into the params file's ``figures_dir``) with the params file's ``missing`` (``skip`` in
+quick.yaml and paper.yaml: render what ``results/`` holds, list what is missing, compute nothing;
+``compute`` in smoke.yaml); ``--compute-missing`` computes the missing runs at the profile instead.
 """
 from __future__ import annotations
 
@@ -105,6 +107,9 @@ def cmd_figures(args: argparse.Namespace) -> int:
     params = load_params(args.profile)
     if args.device:
         params["device"] = args.device
+    params["missing"] = "compute" if args.compute_missing else (args.missing or params.get("missing", "skip"))
+    root = notebook_path(params.get("results_dir", "../results"))
+    print(f"missing runs: {params['missing']} (results in {root})")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the notebook kernels
     runs = [(nb, nb, study.notebook_parameters(nb, params)) for nb in study.NOTEBOOKS]
@@ -114,12 +119,21 @@ def cmd_figures(args: argparse.Namespace) -> int:
     if only:
         runs = [r for r in runs if r[0] in only or r[1] in only]
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    t_all, failed = time.perf_counter(), []
+    t_all, failed, not_run = time.perf_counter(), [], {}
     for nb, out_name, nb_params in runs:
         out = BUILD_DIR / f"{out_name}.ipynb"
         fig_dir = notebook_path(nb_params["figures_dir"])
         t0 = time.time()
-        print(f"== {nb}.ipynb -> {out.relative_to(ROOT)}", flush=True)
+        before = {q: q.stat().st_mtime_ns for q in fig_dir.glob("*") if q.is_file()}
+        tasks = study.notebook_tasks(nb, nb_params)
+        nb_root = notebook_path(nb_params["results_dir"])
+        absent = [o.task for o in study.run_tasks(tasks, nb_root, compute_missing=False)
+                  if o.status == "missing"]
+        not_run.update({t.key: t for t in absent})
+        action = {"skip": "not run: shown as n/a", "compute": "to compute now",
+                  "error": "missing: the notebook will fail"}[nb_params["missing"]]
+        print(f"== {nb}.ipynb -> {out.relative_to(ROOT)}: {len(tasks) - len(absent)} of {len(tasks)} runs "
+              f"cached" + (f", {len(absent)} {action}" if absent else ""), flush=True)
         try:
             pm.execute_notebook(str(NOTEBOOK_DIR / f"{nb}.ipynb"), str(out), parameters=nb_params,
                                 kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
@@ -127,12 +141,16 @@ def cmd_figures(args: argparse.Namespace) -> int:
             failed.append(out_name)
             print(f"   FAILED ({e.ename}: {e.evalue}); see {out}")
             continue
-        made = sorted(p for p in fig_dir.glob("*") if p.is_file() and p.stat().st_mtime >= t0 - 1)
+        made = sorted(q for q in fig_dir.glob("*") if q.is_file() and before.get(q) != q.stat().st_mtime_ns)
         for p in made:
             print(f"   {p}")
         print(f"   {time.time() - t0:.0f} s")
     print(f"{len(runs) - len(failed)}/{len(runs)} notebooks in {time.perf_counter() - t_all:.0f} s"
           + (f"; failed: {failed}" if failed else ""))
+    if not_run and params["missing"] == "skip":
+        print(f"{len(not_run)} distinct runs are not in {root}: their cells read 'n/a (not run)' (each "
+              f"notebook lists them). Compute them with `make results PROFILE={args.profile}` "
+              f"(or `scripts/study.py figures --profile {args.profile} --compute-missing`).")
     return 1 if failed else 0
 
 
@@ -156,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--only", help="comma-separated notebook names (or name-variant)")
     f.add_argument("--device", default=None, help="override the params file's device")
     f.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the notebook kernels")
+    f.add_argument("--missing", choices=["compute", "skip", "error"], default=None,
+                   help="a run not in results/: compute | skip (list it, show n/a) | error; default: "
+                        "the params file's `missing` (skip for quick and paper)")
+    f.add_argument("--compute-missing", action="store_true",
+                   help="compute every missing run at the profile (= --missing compute; hours at quick)")
     f.set_defaults(func=cmd_figures)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

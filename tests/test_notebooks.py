@@ -11,7 +11,7 @@ import nbformat
 import pytest
 import yaml
 
-from mnemonics_lib import study
+from mnemonics_lib import report, study
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
@@ -88,6 +88,16 @@ def test_parameters_cell_is_annotated_literals_matching_the_library(name):
     assert found["results_dir"] == "../results" and found["profile"] == "quick"
 
 
+
+@pytest.mark.parametrize("name", sorted(study.NOTEBOOKS))
+def test_run_or_load_cell_passes_missing_and_prints_what_is_not_run(name):
+    """``missing`` reaches run_configs / snapshot_records, and the missing runs are printed."""
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "missing=missing" in code and f'print(records.summary("{name}"))' in code
+    assert "compute_missing" not in code
+    assert "missing: skip" in nb.cells[0].source
+
 # ------------------------------------------------------------------ execution (smoke)
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
@@ -123,6 +133,41 @@ def test_notebook_runs_with_smoke_params(executed, name):
     assert side["config_hashes"] == want, "the notebook read other runs than study enumerates"
     assert side["profile"] == "smoke" and side["dataset"] == "synthetic" and side["commits"]
 
+
+
+@pytest.mark.slow
+def test_table1_with_missing_skip_renders_only_what_exists(tmp_path, monkeypatch):
+    """`missing: skip` against a ledger holding 2 of table1's 5 smoke runs: the notebook computes
+    nothing, lists the 3 others (spec, N, seed, hash) with the command, and writes the table with
+    their cells "n/a (not run)" and the availability in the caption and the sidecar."""
+    import papermill as pm
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    params = {**smoke_params(), "results_dir": str(tmp_path / "results"),
+              "figures_dir": str(tmp_path / "figs"), "missing": "skip"}
+    configs = study.notebook_configs("table1", params)
+    have = [c for c in configs if study.spec_of(c) in ("lwf", "icarl")]
+    absent = [c for c in configs if c not in have]
+    assert len(have) == 2 and len(absent) == 3
+    study.run_configs(have, params["results_dir"], device="cpu")
+    out = tmp_path / "table1-skip.ipynb"
+    pm.execute_notebook(str(NB_DIR / "table1.ipynb"), str(out), parameters=params, kernel_name="python3",
+                        cwd=str(NB_DIR), progress_bar=False)
+    assert len(list((tmp_path / "results" / "runs").iterdir())) == 2, "skip computed a run"
+    nb = nbformat.read(out, as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                      for o in c.get("outputs", [])
+                      if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    assert "2 of 5 runs found" in printed and "make results PROFILE=smoke" in printed
+    for c in absent:
+        assert any(line.split()[:4] == [study.spec_of(c), "synthetic", str(c.phases), str(c.seed)]
+                   and line.split()[-1] == c.config_hash() for line in printed.splitlines()), c
+    md = (tmp_path / "figs" / "table1_synthetic_smoke.md").read_text()
+    assert md.count(f"| {report.NOT_RUN} |") == 3 and "Runs available: 2 of 5; 3 not run" in md
+    assert "2 of 5 runs (3 not run)" in md  # the provenance footer
+    side = json.loads((tmp_path / "figs" / "table1_synthetic_smoke.json").read_text())
+    assert side["config_hashes"] == sorted(c.config_hash() for c in have) and side["n_runs_wanted"] == 5
+    assert sorted(d["config_hash"] for d in side["not_run"]) == sorted(c.config_hash() for c in absent)
 
 @pytest.mark.slow
 def test_unknown_parameter_fails_with_the_known_list(executed):

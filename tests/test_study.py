@@ -113,9 +113,9 @@ def _group(t: study.Task) -> int:
 
 def test_all_configs_quick_counts_and_priority_order():
     tasks = study.all_configs(params("quick"))
-    assert len(tasks) == len({t.key for t in tasks}) == 129
+    assert len(tasks) == len({t.key for t in tasks}) == 123
     by = Counter(t.artifacts[0] for t in tasks)
-    assert by == {"table1": 45, "ablation_exemplars": 42, "sweep_mnemonics": 18, "table1[cifar10]": 15,
+    assert by == {"table1": 45, "ablation_exemplars": 42, "sweep_mnemonics": 12, "table1[cifar10]": 15,
                   "figure1_tsne": 3, "forgetting": 6}
     groups = [_group(t) for t in tasks]
     assert groups == sorted(groups), "tasks are not in priority order"
@@ -248,6 +248,84 @@ def test_run_tasks_statuses(tmp_path, monkeypatch):
     with pytest.raises(results.MissingRunError, match="make results"):
         study.run_configs(cs, tmp_path, compute_missing=False)
 
+
+
+@pytest.mark.parametrize("missing, compute_missing, mode", [
+    (None, None, "compute"), (None, True, "compute"), (None, False, "error"), ("skip", None, "skip"),
+    ("error", False, "error"), ("compute", True, "compute")])
+def test_missing_mode_keeps_compute_missing_working(missing, compute_missing, mode):
+    assert study.missing_mode(missing, compute_missing) == mode
+
+
+def test_missing_mode_rejects_unknown_and_contradictions():
+    with pytest.raises(study.ParameterError, match="compute"):
+        study.missing_mode("skipp")
+    with pytest.raises(study.ParameterError, match="contradicts"):
+        study.missing_mode("skip", compute_missing=True)
+
+
+def test_params_files_skip_missing_runs_except_smoke():
+    assert params("quick")["missing"] == params("paper")["missing"] == "skip"
+    assert params("smoke")["missing"] == "compute"  # the notebook tests need real smoke runs
+    assert all(d["missing"] == "skip" for d in study.NOTEBOOK_DEFAULTS.values())
+
+
+def test_run_configs_skip_returns_what_exists_and_lists_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "compute_task", lambda *a, **k: pytest.fail("skip must compute nothing"))
+    cs = study.table1_configs("caltech100", [5, 10], [1993, 1994], ["lwf", "icarl", "lucir"], "quick")
+    have = [cs[0], cs[1], cs[4]]  # N=5: lwf and icarl of seed 1993, icarl of seed 1994
+    for c in have:
+        results.run_or_load(c, _fake_metrics, tmp_path)
+    recs = study.run_configs(cs, tmp_path, missing="skip")
+    absent = [c for c in cs if c not in have]
+    assert [r.config["config_hash"] for r in recs] == [c.config_hash() for c in have]
+    assert recs.missing == absent and recs.wanted == 12 and len(list((tmp_path / "runs").iterdir())) == 3
+    text = recs.summary("table1")
+    assert "3 of 12 runs found" in text and "make results PROFILE=quick" in text and "--only table1" in text
+    for c in absent:  # spec, N, seed and hash of every missing run, one per line
+        assert any(line.split()[:4] == [study.spec_of(c), "caltech100", str(c.phases), str(c.seed)]
+                   and line.split()[-1] == c.config_hash() for line in text.splitlines()), c
+
+    t = report.table1(recs, dataset="caltech100", profile="quick")
+    cell = t.long.set_index(["spec", "phases"])
+    assert cell.loc[("icarl", 5), "n_seeds"] == 2 and cell.loc[("lwf", 5), "n_missing"] == 1
+    assert cell.loc[("lucir", 5), "n_seeds"] == 0 and math.isnan(cell.loc[("lucir", 5), "aia_mean"])
+    wide = t.wide.set_index("method")
+    assert wide.loc["LUCIR", "N=5 ours"] == report.NOT_RUN and wide.loc["LUCIR", "N=5 paper"] == "63.17 [3p]"
+    # _fake_metrics: CNN AIA 77 (seed 1993), 76 (1994); iCaRL is scored with NME (+1)
+    assert wide.loc["LwF", "N=5 ours"] == "77.00 (1 of 2 seeds)"
+    assert wide.loc["iCaRL", "N=5 ours"] == "77.50 ± 0.71"
+    assert (t.wide == report.NOT_RUN).to_numpy().sum() == 4  # lucir N=5 and every N=10 cell
+    assert "Runs available: 3 of 12; 9 not run" in t.caption
+    side = json.loads(report.save_table(t, tmp_path / "fig")[2].read_text())
+    assert side["n_runs"] == 3 and side["n_runs_wanted"] == 12 and not side["complete"]
+    assert [d["config_hash"] for d in side["not_run"]] == [c.config_hash() for c in absent]
+    assert "3 of 12 runs (9 not run)" in report.footer(side)
+
+    with pytest.raises(results.MissingRunError) as e:  # error: every missing run listed at once
+        study.run_configs(cs, tmp_path, missing="error")
+    assert all(c.config_hash() in str(e.value) for c in absent)
+
+
+def test_nothing_cached_renders_every_cell_not_run(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    cs = study.table1_configs("cifar10", 5, [1993], ["lwf", "lucir"], "quick")
+    recs = study.run_configs(cs, tmp_path, missing="skip")
+    assert list(recs) == [] and recs.missing == cs and "NONE of the 2 runs" in recs.summary()
+    t = report.table1(recs, dataset="cifar10", profile="quick")
+    assert list(t.wide["N=5 ours"]) == [report.NOT_RUN] * 2 and t.provenance["n_runs"] == 0
+    fig = report.plot_phase_curves(recs, ["lwf", "lucir"])
+    files = report.save_figure(fig, "curves", tmp_path, t.provenance)
+    assert json.loads(files[2].read_text())["n_runs_wanted"] == 2
+    snaps = study.snapshot_configs("synthetic", "lucir", profile="smoke", phases=2)
+    srecs = study.snapshot_records(snaps, tmp_path, missing="skip")
+    assert len(srecs.missing) == 3 and srecs.study == study.STUDY_SNAPSHOTS
+    m = report.margin_table(srecs, dataset="synthetic", profile="smoke")
+    assert list(m.long["stage"]) == [report.NOT_RUN] * 3
+    for fig in (report.plot_tsne(srecs), report.plot_margins(srecs), report.plot_exemplar_grid(srecs)):
+        assert "NOT RUN: none of its 3 runs" in fig.axes[0].texts[0].get_text()
 
 @pytest.mark.slow
 def test_process_pool_computes_real_runs(tmp_path):
