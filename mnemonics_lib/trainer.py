@@ -198,6 +198,9 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
     latest = sorted(ck_dir.glob("phase_*.pt")) if checkpoints else []
     if latest:
         ck = load_checkpoint(latest[-1], map_location=device)
+        if ck.get("config_hash") != config.config_hash():
+            raise RuntimeError(f"{latest[-1]} belongs to config {ck.get('config_hash')}, not "
+                               f"{config.config_hash()}; delete {ck_dir} to start this run afresh")
         start = int(ck["phase"]) + 1
         transferred = bool(ck["transferred"])
         model = _restore_model(config, method, list(ck["head_sizes"]), ck["model"], device, transferred)
@@ -244,7 +247,7 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
             on_phase_end(p, model, memory, data)
         old_model = _frozen_copy(model)
         if checkpoints and p < plan.num_phases - 1:
-            _save_phase(ck_dir, p, model, memory, method_state, per_phase)
+            _save_phase(ck_dir, p, model, memory, method_state, per_phase, config)
         if stop_after_phase is not None and p == stop_after_phase:
             raise Interrupted(f"stopped after phase {p} (simulated interruption)")
     if checkpoints:  # the run is complete: its phase checkpoints are no longer needed
@@ -289,10 +292,14 @@ def _evaluate(config, method, ctx, data, memory, p) -> dict[str, Any]:
         )
 
 
-def _save_phase(ck_dir: Path, p: int, model, memory, method_state, per_phase) -> None:
+def _save_phase(ck_dir: Path, p: int, model, memory, method_state, per_phase, config: RunConfig) -> None:
+    """The state a resumed run needs: the model (which is also the next phase's old model), the
+    memory, the method's state (BiC's bias layers), the rows so far, the config and RNG states.
+    Class means are not stored: they are recomputed from the model and the memory."""
     from .weight_transfer import is_weight_transferred
 
     state = {
+        "config": json.dumps(config.to_dict(), sort_keys=True), "config_hash": config.config_hash(),
         "phase": p, "model": model.state_dict(), "head_sizes": head_sizes(model),
         "transferred": is_weight_transferred(model), "memory": memory.state_dict(),
         "method_state": _to_device({k: v for k, v in method_state.items() if not k.startswith("_")}, "cpu"),
