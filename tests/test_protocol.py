@@ -189,3 +189,12 @@ def test_defaults_are_the_paper_protocol_and_hash_tracks_results_fields():
     assert c.replace(seed=1).config_hash() != c.config_hash()
     assert c.replace(epochs_override=3).config_hash() != c.config_hash()
     assert c.replace(memory_mode="fixed_total").config_hash() != c.config_hash()
+
+
+def test_mnemonics_settings_hash_only_mnemonics_runs():
+    from mnemonics_lib.config import make_config
+
+    for exemplars, should_differ in (("herding", False), ("random", False), ("mnemonics", True)):
+        a = make_config(exemplars=exemplars)
+        b = make_config(exemplars=exemplars, mnemonics={"outer_lr": 123.0})
+        assert (a.config_hash() != b.config_hash()) is should_differ, exemplars
