@@ -45,8 +45,9 @@ def authors_code_adjust(model: torch.nn.Module, ex_x: torch.Tensor, ex_y: torch.
                         generator: torch.Generator, lr: float = 1e-5, batch: int = 128) -> torch.Tensor:
     """The authors' released procedure (frozen model, one epoch, prototype-cosine CE, uint8)."""
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)  # the model is frozen: only the pixels move
     classes = torch.unique(ex_y)
     ex = ex_x.clone().requires_grad_(True)
     opt = torch.optim.SGD([ex], lr=lr, momentum=0.9)
@@ -60,8 +61,8 @@ def authors_code_adjust(model: torch.nn.Module, ex_x: torch.Tensor, ex_y: torch.
         opt.zero_grad()
         loss.backward()
         opt.step()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    for p, flag in flags:
+        p.requires_grad_(flag)
     # back to the uint8 grid, as the released code stores exemplars as images
     pixels = norm.denormalise(ex.detach()).clamp(0, 1).mul(255).round().div(255)
     return (pixels - norm.mean) / norm.std
