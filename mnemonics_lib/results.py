@@ -237,13 +237,15 @@ def _compute_and_write(
     config: RunConfig, compute: Callable[[RunConfig], dict], final: Path
 ) -> RunRecord:
     """Run ``compute``, then publish config/metrics/env by one directory rename."""
-    started, t0 = _utc_now(), time.perf_counter()
+    # provenance is read before computing: the commit and dirty flag must describe the code that
+    # produced the numbers, not whatever the checkout holds when a long run ends
+    prov, started, t0 = provenance(), _utc_now(), time.perf_counter()
     metrics = compute(config)
     wall = time.perf_counter() - t0
     if not isinstance(metrics, dict) or not isinstance(metrics.get("per_phase"), list):
         # Refuse to publish a run that the loader would reject on every later call.
         raise ValueError("compute(config) must return a dict with a 'per_phase' list")
-    env = {**provenance(), "started_utc": started, "ended_utc": _utc_now(), "wall_s": wall}
+    env = {**prov, "started_utc": started, "ended_utc": _utc_now(), "wall_s": wall}
     h = config.config_hash()
     cfg = config.to_dict()
     if cfg.get("config_hash", h) != h:
