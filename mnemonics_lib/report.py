@@ -30,11 +30,15 @@ _DATASET_NOTES = {
                  "plumbing, says nothing about accuracy",
     "cifar10": "cifar10 = the offline CIFAR-10 copy (decoded from JPEG); no paper numbers exist for it",
 }
-_PROFILE_NOTES = {
-    "smoke": "smoke profile (ResNet-8/8, 4+2 epochs)",
-    "quick": "quick profile (ResNet-32, 30 epochs phase 0 / 12 later, M=30 mnemonics iterations)",
-    "paper": "paper profile (ResNet-32, 160 epochs per phase, the paper's schedule)",
-}
+def profile_note(profile: str) -> str:
+    """The schedule a profile stands for, read from config.SCHEDULES (never typed twice)."""
+    from .config import SCHEDULES
+
+    s = SCHEDULES.get(profile)
+    if s is None:
+        return profile
+    return (f"{profile} profile (ResNet-{s.depth}, width {s.width}, {s.base_epochs} epochs in phase 0 / "
+            f"{s.epochs} later, M={s.mnemonics_outer_iters} mnemonics iterations)")
 
 
 def label_of(spec: str) -> str:
@@ -249,7 +253,7 @@ def _caption(what: str, dataset: str, profile: str, records: Sequence[Any],
     mem_txt = ", ".join(f"{m} exemplars/class" if mode == "per_class" else f"{t} exemplars in total"
                         for mode, m, t in mem)
     return (f"{what} Mean ± std over seeds {seeds} (a seed fixes the class order and the training). "
-            f"Ours: {ds}; {_PROFILE_NOTES.get(profile, profile)}; {'/'.join(base)} classes in phase 0; "
+            f"Ours: {ds}; {profile_note(profile)}; {'/'.join(base)} classes in phase 0; "
             f"memory: {mem_txt}. {availability(len(records), missing)}")
 
 
