@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import paper_numbers
-from .study import as_list, spec_of
+from .study import as_list, notebook_dir, spec_of
 
 HEADLINE_HEAD = {"icarl": "nme"}  # iCaRL's classifier is NME; every other method's is the CNN head
 _TAG_LEGEND = ("Paper-number tags: [code] read in the authors' code; [3p] quoted by a third party; "
@@ -479,7 +479,7 @@ def _sidecar(stem: Path, prov: dict[str, Any], files: list[Path]) -> Path:
 
 def save_table(table: Table, figures_dir: str | Path) -> list[Path]:
     """``<name>.md`` (caption, table, provenance footer), ``<name>.csv`` (tidy) and ``<name>.json``."""
-    out = Path(figures_dir)
+    out = notebook_dir(figures_dir)  # relative to notebooks/, whatever the cwd
     out.mkdir(parents=True, exist_ok=True)
     stem = out / table.name
     md, csv = stem.with_suffix(".md"), stem.with_suffix(".csv")
@@ -491,7 +491,7 @@ def save_table(table: Table, figures_dir: str | Path) -> list[Path]:
 
 def save_figure(fig: Any, name: str, figures_dir: str | Path, prov: dict[str, Any]) -> list[Path]:
     """``<name>.png`` and ``.pdf`` with a provenance footer, plus ``<name>.json``."""
-    out = Path(figures_dir)
+    out = notebook_dir(figures_dir)  # relative to notebooks/, whatever the cwd
     out.mkdir(parents=True, exist_ok=True)
     # below everything already drawn (legends may sit under the axes), whatever the layout
     bbox = fig.get_tightbbox(fig.canvas.get_renderer())

@@ -342,11 +342,19 @@ CHOICE_FILE = "choice.json"
 CHOICE_KEYS = ("inner_lr", "outer_lr", "inner_steps")
 
 
-def results_root(p: Mapping[str, Any]) -> Path:
-    """A params ``results_dir`` is relative to notebooks/ (where the notebooks run)."""
+def notebook_dir(value: str | os.PathLike) -> Path:
+    """A notebook's ``results_dir`` / ``figures_dir``: a relative path is relative to notebooks/,
+    whatever the kernel's working directory (``papermill notebooks/x.ipynb out.ipynb`` run from the
+    repository root must read ``results/``, not ``../results`` above the checkout)."""
     from .datasets import PROJECT_ROOT
 
-    return (PROJECT_ROOT / "notebooks" / str(p.get("results_dir", "../results"))).resolve()
+    path = Path(value)
+    return path if path.is_absolute() else (PROJECT_ROOT / "notebooks" / path).resolve()
+
+
+def results_root(p: Mapping[str, Any]) -> Path:
+    """A params ``results_dir`` resolved as :func:`notebook_dir` does."""
+    return notebook_dir(str(p.get("results_dir", "../results")))
 
 
 def mnemonics_choice(root: str | os.PathLike) -> dict[str, Any]:
@@ -696,6 +704,7 @@ def run_configs(configs: Sequence[RunConfig | Task], root: str | os.PathLike, de
     """
     from . import results
 
+    root = notebook_dir(root)
     mode = missing_mode(missing, compute_missing)
     tasks = [c if isinstance(c, Task) else Task(c, study) for c in configs]
     order = [t.config.config_hash() for t in tasks]
@@ -754,6 +763,7 @@ def snapshot_records(configs: Sequence[RunConfig], root: str | os.PathLike, devi
     ``missing`` / ``compute_missing`` as in :func:`run_configs`."""
     from . import results
 
+    root = notebook_dir(root)
     mode = missing_mode(missing, compute_missing)
     order = [c.config_hash() for c in configs]
     kw = {"order": order, "study": STUDY_SNAPSHOTS, "root": root}

@@ -408,3 +408,12 @@ def test_forgetting_table_matches_readme_rows(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         report.to_markdown(t.wide)
+
+
+def test_relative_notebook_dirs_resolve_against_notebooks_not_the_cwd(tmp_path, monkeypatch):
+    # `papermill notebooks/table1.ipynb out.ipynb` from the repository root must read results/
+    from mnemonics_lib.datasets import PROJECT_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    assert study.notebook_dir("../results") == PROJECT_ROOT / "results"
+    assert study.notebook_dir(tmp_path / "x") == tmp_path / "x"
