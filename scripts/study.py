@@ -45,8 +45,10 @@ def load_params(profile: str) -> dict:
 
 
 def notebook_path(value: str) -> Path:
-    """A params-file path is relative to notebooks/ (where the notebooks run)."""
-    return (NOTEBOOK_DIR / value).resolve()
+    """A params-file path: relative to notebooks/ (where the notebooks run); one rule, the library's."""
+    from mnemonics_lib.study import notebook_dir
+
+    return notebook_dir(value)
 
 
 def _only(arg: str | None) -> list[str] | None:
