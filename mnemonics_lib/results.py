@@ -19,11 +19,12 @@ import math
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -310,6 +311,46 @@ def require_cached(
         f"no cached run for config {h}: {path} {reason}. "
         f"Fix: run `make results PROFILE={config.profile}` to compute it."
     )
+
+
+def copy_from_other_study(
+    config: RunConfig, root: str | os.PathLike[str], *, study: str, sources: Sequence[str],
+    drop_metrics: Sequence[str] = ("snapshots", "snapshot_settings"),
+) -> RunRecord | None:
+    """Publish into ``study`` a valid run of the same config hash found in another study folder.
+
+    The trainer is deterministic per config (a test checks a resumed run equals an uninterrupted
+    one; a snapshot run records without consuming randomness), so a run computed for, e.g., the
+    Fig. 1 snapshots is the same run Table 1 needs: copy it instead of training it again. The
+    copy's env.json says where it came from (``copied_from``); its provenance is the original's.
+    Returns None when no source holds the run.
+    """
+    name, h = run_dir_name(config), config.config_hash()
+    final = Path(root) / study / name
+    for source in sources:
+        if source == study:
+            continue
+        src = Path(root) / source / name
+        if not src.exists():
+            continue
+        try:
+            rec = _read_run(src, h)
+        except InvalidRunError:
+            continue
+        metrics = {k: v for k, v in rec.metrics.items() if k not in drop_metrics}
+        env = {**rec.env, "copied_from": f"{source}/{name}", "copied_utc": _utc_now()}
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=final.parent))
+        for fname, obj in zip(_FILES, (rec.config, metrics, env)):
+            write_json_atomic(tmp / fname, obj)
+        if final.exists():  # published meanwhile by another process: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+            return _read_run(final, h)
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+        logger.info("copied run %s from %s", final, src)
+        return RunRecord(path=final, config=rec.config, metrics=metrics, env=env)
+    return None
 
 
 # --- tidy table -------------------------------------------------------------------

@@ -45,6 +45,9 @@ SNAPSHOT_EXEMPLARS = ("random", "herding", "mnemonics")
 STUDY_RUNS = "runs"
 STUDY_SWEEPS = "sweeps/mnemonics"
 STUDY_SNAPSHOTS = "snapshots"
+# Every study folder whose runs are plain incremental runs (a snapshot run adds recordings only):
+# a run missing in one is copied from another holding the same config hash.
+RUN_STUDIES = (STUDY_RUNS, STUDY_SNAPSHOTS, STUDY_SWEEPS)
 
 _FLAGS = {
     "no_adjust_old": ("mnemonics", "adjust_old", False),
@@ -510,7 +513,7 @@ def select_tasks(tasks: Sequence[Task], only: Iterable[str] | None) -> list[Task
 @dataclass
 class Outcome:
     task: Task
-    status: str  # cached | computed | missing | failed | skipped
+    status: str  # cached | copied | computed | missing | failed | skipped
     record: Any = None  # results.RunRecord
     error: str | None = None
     wall_s: float = 0.0
@@ -581,7 +584,11 @@ def run_tasks(tasks: Sequence[Task], root: str | os.PathLike, device: str | None
         try:
             rec = results.require_cached(t.config, root, study=t.study)
         except results.MissingRunError as e:
-            if compute_missing:
+            copied = (results.copy_from_other_study(t.config, root, study=t.study, sources=RUN_STUDIES)
+                      if compute_missing and t.kind == "run" else None)
+            if copied is not None:
+                outcomes[t.key] = Outcome(t, "copied", copied)
+            elif compute_missing:
                 todo.append(t)
             else:
                 outcomes[t.key] = Outcome(t, "missing", error=str(e))

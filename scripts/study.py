@@ -60,6 +60,11 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     params = load_params(args.profile)
     tasks = study.select_tasks(study.all_configs(params), _only(args.only))
+    if args.match:
+        import re
+
+        pattern = re.compile(args.match)
+        tasks = [t for t in tasks if pattern.search(t.describe())]
     if args.first:
         tasks = tasks[: args.first]
     root = notebook_path(params.get("results_dir", "../results"))
@@ -85,7 +90,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(f"sweep first: {len(sweep)} runs choose the mnemonics defaults")
         outs = study.run_tasks(sweep, root, device=args.device, jobs=args.jobs, time_limit=limit,
                                threads=args.threads, progress=print)
-        if all(o.status in ("cached", "computed") for o in outs):
+        if all(o.status in ("cached", "copied", "computed") for o in outs):
             choice = study.choose_mnemonics(params)
             print(f"chosen mnemonics settings: {choice['chosen']}")
             tasks = study.select_tasks(study.all_configs(params), _only(args.only))
@@ -167,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--time-limit", type=float, default=None, help="seconds; no new run starts after it")
     r.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: cores / jobs for a pool)")
+    r.add_argument("--match", help="only tasks whose description (as --dry-run prints it) matches this "
+                                    "regular expression, e.g. 'runs/.*-lucir(_random)?-N5-'")
     r.add_argument("--first", type=int, default=None,
                    help="only the first K tasks of the priority list (after --only)")
     r.add_argument("--dry-run", action="store_true", help="list the tasks and whether each is cached")
