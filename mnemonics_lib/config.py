@@ -112,6 +112,9 @@ class RunConfig:
     amp: bool = False  # bf16 autocast on CUDA; changes numerics, so it is part of the hash
     synthetic_classes: int = 20  # only for dataset == "synthetic"
     epochs_override: int | None = None  # optional: replace both epoch counts (sweeps, tests)
+    # optional: end the run after this phase (0-based), e.g. a sensitivity sweep that compares
+    # settings on the first incremental phases only; the metrics then cover phases 0..last_phase
+    last_phase: int | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -137,6 +140,9 @@ class RunConfig:
             # unused by the run, so it must not enter the hash: a herding run stays cached when
             # the mnemonics defaults change
             d["mnemonics"] = None
+        if self.last_phase is None:
+            # added after the first runs were cached: absent when unused, so their hashes hold
+            del d["last_phase"]
         return d
 
     def config_hash(self) -> str:
@@ -196,6 +202,9 @@ def _validate(c: RunConfig) -> None:
         )
     if c.epochs_override is not None and c.epochs_override < 1:
         raise ConfigError(f"epochs_override must be >= 1, got {c.epochs_override}")
+    if c.last_phase is not None and not (isinstance(c.last_phase, int) and 0 <= c.last_phase <= c.phases):
+        raise ConfigError(f"last_phase must be an integer in 0..phases ({c.phases}) or None, "
+                          f"got {c.last_phase!r}")
     if c.dataset == "synthetic" and c.synthetic_classes < 2:
         raise ConfigError("synthetic_classes must be >= 2")
     m = c.mnemonics

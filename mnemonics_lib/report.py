@@ -643,10 +643,12 @@ def plot_tsne(snapshot_records: Sequence[Any], seed: int = 0, missing: Sequence[
                            edgecolor="black", lw=0.4)
             if len(e["other"]):
                 ax.scatter(e["other"][:, 0], e["other"][:, 1], s=14, marker="x", color="0.6", lw=0.8)
-            ax.set(xticks=[], yticks=[], xlabel="t-SNE 1" if i == n_rows - 1 else "",
-                   ylabel=f"phase {snap['phase']} ({snap['n_classes']} classes)\nt-SNE 2" if j == 0 else "")
+            ax.set(xticks=[], yticks=[], xlabel="t-SNE 1" if i == n_rows - 1 else "")
             if i == 0:
                 ax.set_title(f"{r.config['exemplars']} exemplars")
+    # row labels on the first column even when that strategy was not run (read from any record)
+    for i, snap in enumerate(max((r.metrics["snapshots"] for r in recs), key=len)):
+        axes[i][0].set_ylabel(f"phase {snap['phase']} ({snap['n_classes']} classes)\nt-SNE 2")
     handles = [Line2D([], [], ls="", marker="o", color=colours[k % 10], label=f"class {c}")
                for k, c in enumerate(classes)]
     handles += [Line2D([], [], ls="", marker="o", color="0.75", alpha=0.5, label="real images (light)"),
@@ -709,7 +711,7 @@ def plot_exemplar_grid(snapshot_records: Sequence[Any], stage: int = 0, per_clas
     if not snapshot_records:
         return not_run_figure("Exemplar images per strategy", missing)
     plt, _ = _style()
-    from .study import decode_pixels
+    from .snapshots import decode_pixels
 
     panels = []
     for r, cfg in _in_order(snapshot_records, missing):

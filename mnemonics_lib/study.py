@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from . import paper_numbers
+from . import paper_numbers, snapshots
 from .config import EXEMPLARS, METHODS, ConfigError, RunConfig, make_config
 
 log = logging.getLogger(__name__)
@@ -182,8 +182,12 @@ def forgetting_configs(dataset: str, phases: Any, seeds: Any, methods: Any = FOR
 
 def sweep_configs(dataset: str, inner_lr: Any, outer_lr: Any, inner_steps: Any, phases: int = 5,
                   seed: int = 1993, profile: str = "quick", spec: str = "lucir_mnemonics",
-                  **common: Any) -> list[RunConfig]:
-    """Sensitivity of mnemonics to alpha (inner_lr) x beta1 (outer_lr) x K (inner_steps)."""
+                  last_phase: int | None = None, **common: Any) -> list[RunConfig]:
+    """Sensitivity of mnemonics to alpha (inner_lr) x beta1 (outer_lr) x K (inner_steps).
+
+    ``last_phase``: end every sweep run after that phase (None: the whole run). Phase 1 is the
+    first phase with both programs of the method (new exemplars at phase 0 and 1, the old-exemplar
+    adjustment at 1), so ``last_phase=1`` ranks the settings at a fraction of a full run's cost."""
     out = []
     for k in as_list(inner_steps):
         for a in as_list(inner_lr):
@@ -191,7 +195,7 @@ def sweep_configs(dataset: str, inner_lr: Any, outer_lr: Any, inner_steps: Any, 
                 mn = {**dict(common.get("mnemonics") or {}), "inner_lr": float(a), "outer_lr": float(b),
                       "inner_steps": int(k)}
                 out.append(make_run(spec, dataset=dataset, phases=phases, seed=seed, profile=profile,
-                                    **{**common, "mnemonics": mn}))
+                                    **{**common, "mnemonics": mn, "last_phase": last_phase}))
     return out
 
 
@@ -241,7 +245,8 @@ NOTEBOOK_DEFAULTS: dict[str, dict[str, Any]] = {
                            "ablation_methods": list(ABLATION_METHODS), "ablation_exemplars": list(EXEMPLARS),
                            "ablation_extras": list(ABLATION_EXTRAS)},
     "sweep_mnemonics": {**_COMMON, "sweep_inner_lr": [0.01, 0.1], "sweep_outer_lr": [1.0, 10.0, 100.0],
-                        "sweep_inner_steps": [1, 3], "sweep_phases": 5, "sweep_seed": 1993},
+                        "sweep_inner_steps": [1, 3], "sweep_phases": 5, "sweep_seed": 1993,
+                        "sweep_last_phase": None},
     "figure1_tsne": {**_COMMON, **_SNAPSHOT},
     "exemplar_images": {**_COMMON, **_SNAPSHOT},
 }
@@ -387,7 +392,7 @@ def choose_mnemonics(params: Mapping[str, Any]) -> dict[str, Any]:
     best = max(rows, key=lambda r: r["aia_cnn"])
     choice = {"chosen": {k: best[k] for k in CHOICE_KEYS}, "criterion": "max aia_cnn",
               "dataset": p["dataset"], "profile": p["profile"], "phases": p["sweep_phases"],
-              "seed": p["sweep_seed"], "sweep": rows}
+              "seed": p["sweep_seed"], "last_phase": p["sweep_last_phase"], "sweep": rows}
     results.write_json_atomic(root / STUDY_SWEEPS / CHOICE_FILE, choice)
     return choice
 
@@ -405,7 +410,8 @@ def notebook_configs(notebook: str, params: Mapping[str, Any]) -> list[RunConfig
                                 p["ablation_exemplars"], p["ablation_extras"], **_common(p))
     if notebook == "sweep_mnemonics":
         return sweep_configs(ds, p["sweep_inner_lr"], p["sweep_outer_lr"], p["sweep_inner_steps"],
-                             p["sweep_phases"], p["sweep_seed"], prof, **_common(p))
+                             p["sweep_phases"], p["sweep_seed"], prof,
+                             last_phase=p["sweep_last_phase"], **_common(p))
     return snapshot_configs(ds, p["snapshot_method"], p["snapshot_exemplars"], p["snapshot_phases"],
                             p["snapshot_seed"], prof, **_common(p))
 
@@ -754,7 +760,7 @@ def snapshot(config: RunConfig, phases: Sequence[int] | None, root: str | os.Pat
     want = tuple(phases) if phases is not None else default_snapshot_phases(config)
     if any(not 0 <= p <= config.phases for p in want):
         raise ValueError(f"snapshot phases {want} outside 0..{config.phases}")
-    compute = functools.partial(record_snapshots, phases=want, device=_resolve_device(device))
+    compute = functools.partial(snapshots.record_snapshots, phases=want, device=_resolve_device(device))
     rec = (results.run_or_load(config, compute, root, study=STUDY_SNAPSHOTS) if compute_missing
            else results.require_cached(config, root, study=STUDY_SNAPSHOTS))
     got = tuple(s["phase"] for s in rec.metrics.get("snapshots", []))
@@ -784,99 +790,3 @@ def snapshot_records(configs: Sequence[RunConfig], root: str | os.PathLike, devi
         except results.MissingRunError:
             absent.append(c)
     return _found(found, absent, mode, **kw)
-
-
-SNAPSHOT_CLASSES = 5  # classes shown in colour (the first five of the class order)
-SNAPSHOT_REAL_PER_CLASS = 60  # real images per class kept for the t-SNE and the margins
-
-
-def _margins(feats, labels, means):
-    """(cosine to own class mean) - (max cosine to another class mean); feats, means normalised."""
-    import torch
-
-    cos = feats @ means.T  # (n, C)
-    own = cos.gather(1, labels.view(-1, 1)).squeeze(1)
-    other = cos.scatter(1, labels.view(-1, 1), float("-inf")).max(1).values
-    return own - other
-
-
-def _rounded(t, digits: int = 4) -> list:
-    return [[round(float(v), digits) for v in row] for row in t.tolist()] if t.dim() == 2 else \
-        [round(float(v), digits) for v in t.tolist()]
-
-
-def _snapshot_phase(phase: int, model, memory, data) -> dict[str, Any]:
-    """What one recorded phase keeps (JSON-able): see :func:`record_snapshots`."""
-    import base64
-
-    import numpy as np
-    import torch
-
-    from .evaluation import class_means, normalised_features
-
-    model.eval()
-    n_seen = data.plan.seen_classes(phase)
-    shown = list(range(min(SNAPSHOT_CLASSES, n_seen)))
-    y_all = data.train.y
-    rng = np.random.RandomState(0)
-    keep = []
-    for c in range(n_seen):
-        idx = torch.nonzero(y_all == c).flatten().cpu().numpy()
-        keep.append(np.sort(rng.permutation(idx)[:SNAPSHOT_REAL_PER_CLASS]))
-    keep_t = torch.as_tensor(np.concatenate(keep), device=y_all.device)
-    seen_idx = data.train.select(list(range(n_seen)))
-    # true class centres: every real training image of the seen classes (flip-averaged, as NME)
-    means = class_means(model, data.norm(data.train.x[seen_idx]), y_all[seen_idx], n_seen)
-    real_f = normalised_features(model, data.norm(data.train.x[keep_t]))
-    real_y = y_all[keep_t]
-    ex_x, ex_y = memory.tensors(list(range(n_seen)))
-    ex_f = normalised_features(model, ex_x.to(means.device))
-    ex_y = ex_y.to(means.device)
-    show_real = torch.isin(real_y, torch.as_tensor(shown, device=real_y.device))
-    show_ex = torch.isin(ex_y, torch.as_tensor(shown, device=ex_y.device))
-    px_x, px_y = memory.tensors(shown)
-    pixels = data.norm.denormalise(px_x.to(means.device)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
-    return {
-        "phase": phase, "n_classes": n_seen, "classes": shown,
-        "real_features": _rounded(real_f[show_real]), "real_labels": real_y[show_real].tolist(),
-        "exemplar_features": _rounded(ex_f[show_ex]), "exemplar_labels": ex_y[show_ex].tolist(),
-        "class_means": _rounded(means), "mean_labels": list(range(n_seen)),
-        "exemplar_margin": _rounded(_margins(ex_f, ex_y, means)), "exemplar_margin_labels": ex_y.tolist(),
-        "real_margin": _rounded(_margins(real_f, real_y, means)), "real_margin_labels": real_y.tolist(),
-        # base64 of the raw uint8 bytes: 4x smaller than a JSON list of ints, still JSON text
-        "exemplar_pixels": {"shape": list(pixels.shape), "labels": px_y.tolist(),
-                            "uint8_base64": base64.b64encode(pixels.numpy().tobytes()).decode("ascii")},
-    }
-
-
-def record_snapshots(config: RunConfig, phases: tuple[int, ...], device: str | None = None) -> dict[str, Any]:
-    """Train ``config`` (no phase checkpoints, so every phase's callback runs) and record at each
-    of ``phases``: normalised features of <= 60 real training images per class of the first five
-    classes and of their exemplars, the real-data class means of all seen classes, the margin of
-    every exemplar and of the sampled real images of all seen classes (cosine to the own class
-    mean minus the largest cosine to another class mean; small = near a class boundary), and the
-    first five classes' exemplar pixels (uint8, denormalised)."""
-    from .trainer import run_incremental
-
-    recorded: list[dict[str, Any]] = []
-
-    def on_phase_end(phase, model, memory, data):
-        if phase in phases:
-            recorded.append(_snapshot_phase(phase, model, memory, data))
-
-    metrics = run_incremental(config, device, checkpoints=False, on_phase_end=on_phase_end)
-    metrics["snapshots"] = recorded
-    metrics["snapshot_settings"] = {"phases": list(phases), "classes": SNAPSHOT_CLASSES,
-                                    "real_per_class": SNAPSHOT_REAL_PER_CLASS, "features": "L2-normalised",
-                                    "class_means": "all real training images, flip-averaged (iCaRL)"}
-    return metrics
-
-
-def decode_pixels(entry: Mapping[str, Any]):
-    """``exemplar_pixels`` of a snapshot -> (uint8 array (M, 3, H, W), labels (M,))."""
-    import base64
-
-    import numpy as np
-
-    x = np.frombuffer(base64.b64decode(entry["uint8_base64"]), dtype=np.uint8).reshape(entry["shape"])
-    return x, np.asarray(entry["labels"])

@@ -210,7 +210,8 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
         per_phase = json.loads(ck["per_phase"])
         log.info("resumed %s from %s (next phase %d)", config.config_hash(), latest[-1].name, start)
 
-    bar = tqdm(range(start, plan.num_phases), desc=f"{config.method}/{config.exemplars}", disable=None)
+    end = plan.num_phases if config.last_phase is None else config.last_phase + 1
+    bar = tqdm(range(start, end), desc=f"{config.method}/{config.exemplars}", disable=None)
     for p in bar:
         t0 = time.perf_counter()
         new = plan.new_classes(p)
@@ -246,7 +247,7 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
         if on_phase_end is not None:
             on_phase_end(p, model, memory, data)
         old_model = _frozen_copy(model)
-        if checkpoints and p < plan.num_phases - 1:
+        if checkpoints and p < end - 1:
             _save_phase(ck_dir, p, model, memory, method_state, per_phase, config)
         if stop_after_phase is not None and p == stop_after_phase:
             raise Interrupted(f"stopped after phase {p} (simulated interruption)")
@@ -325,8 +326,11 @@ def summarise(per_phase: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-phase rows -> the ledger's metrics dict (AIA, last, forgetting, accuracy matrices)."""
     cnn = [r["acc_cnn"] for r in per_phase]
     nme = [r["acc_nme"] for r in per_phase]
-    A_cnn = metrics.stack_accuracy_rows([r["row_cnn"] for r in per_phase])
-    A_nme = metrics.stack_accuracy_rows([r["row_nme"] for r in per_phase])
+    # a run cut by ``last_phase`` has fewer rows than phase groups: keep the groups it has seen,
+    # so forgetting is measured over the phases that ran
+    seen = len(per_phase)
+    A_cnn = metrics.stack_accuracy_rows([r["row_cnn"] for r in per_phase])[:, :seen]
+    A_nme = metrics.stack_accuracy_rows([r["row_nme"] for r in per_phase])[:, :seen]
     return {
         "per_phase": [{k: v for k, v in r.items() if not k.startswith("row_")} for r in per_phase],
         "acc_matrix_cnn": A_cnn.tolist(),

@@ -9,7 +9,7 @@ import torch
 
 from mnemonics_lib import protocol, results, trainer
 from mnemonics_lib.backbones import CosineHead, LinearHead, build_net, head_sizes
-from mnemonics_lib.config import make_config
+from mnemonics_lib.config import ConfigError, make_config
 from mnemonics_lib.memory import ExemplarMemory, herding_reference, herding_selection
 
 # Sized on 2 shared CPU cores: 8 synthetic classes, B4 + 2 phases of 2 classes, ResNet-8 width 8.
@@ -202,3 +202,26 @@ def test_run_or_load_never_loads_a_damaged_run(tmp_path):
     aside = [p.name for p in (tmp_path / "runs").iterdir() if ".corrupt-" in p.name]
     assert len(aside) == 3
     assert results.require_cached(cfg, tmp_path).metrics["aia_cnn"] == 55.0
+
+
+def test_last_phase_truncates_a_run_to_its_first_phases(tmp_path, monkeypatch):
+    """A sweep run cut after phase 1 is exactly the first two phases of the whole run."""
+    full = make_config(method="lucir", dataset="synthetic", synthetic_classes=4, phases=2, profile="smoke",
+                       epochs_override=1, memory_per_class=10)
+    cut = full.replace(last_phase=1)
+    assert "last_phase" not in full.to_dict()  # absent when unused: hashes of earlier runs hold
+    assert cut.to_dict()["last_phase"] == 1 and cut.config_hash() != full.config_hash()
+    monkeypatch.setenv("MNEMONICS_CHECKPOINTS", str(tmp_path))
+    a = trainer.run_incremental(full, "cpu")
+    b = trainer.run_incremental(cut, "cpu")
+    assert [r["phase"] for r in b["per_phase"]] == [0, 1]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(b["per_phase"]) == strip(a["per_phase"][:2])
+    assert b["aia_cnn"] == pytest.approx((a["per_phase"][0]["acc_cnn"] + a["per_phase"][1]["acc_cnn"]) / 2)
+    assert not list((tmp_path / "runs" / cut.config_hash()).glob("phase_*.pt"))  # complete: cleaned up
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 1.5])
+def test_last_phase_outside_the_run_is_refused(bad):
+    with pytest.raises(ConfigError, match="last_phase"):
+        make_config(dataset="synthetic", synthetic_classes=4, phases=2, profile="smoke", last_phase=bad)

@@ -223,3 +223,28 @@ def test_real_provenance_fields(monkeypatch):
         assert key in env
     assert isinstance(env["device"], str) and env["device"]
     assert env["torch"].split(".")[0].isdigit()
+
+
+def test_a_run_of_another_study_is_copied_with_its_origin(tmp_path):
+    cfg = FakeConfig(seed=3)
+    snap_metrics = {**fake_metrics(cfg), "snapshots": [{"phase": 0}], "snapshot_settings": {}}
+    src = run_or_load(cfg, lambda c: snap_metrics, tmp_path, study="snapshots")
+    with pytest.raises(MissingRunError):
+        require_cached(cfg, tmp_path, study="runs")
+    assert results.copy_from_other_study(cfg, tmp_path, study="runs", sources=["sweeps/mnemonics"]) is None
+    rec = results.copy_from_other_study(cfg, tmp_path, study="runs", sources=["runs", "snapshots"])
+    assert rec is not None and rec.path == tmp_path / "runs" / run_dir_name(cfg)
+    again = require_cached(cfg, tmp_path, study="runs")
+    assert "snapshots" not in again.metrics and "snapshot_settings" not in again.metrics
+    assert again.metrics == fake_metrics(cfg)
+    assert again.env["copied_from"] == f"snapshots/{run_dir_name(cfg)}"
+    assert again.env["git_commit"] == src.env["git_commit"]  # the provenance is the original run's
+    assert again.config == src.config
+
+
+def test_a_damaged_source_is_not_copied(tmp_path):
+    cfg = FakeConfig(seed=4)
+    src = run_or_load(cfg, fake_metrics, tmp_path, study="snapshots")
+    (src.path / "metrics.json").write_text("{not json")
+    assert results.copy_from_other_study(cfg, tmp_path, study="runs", sources=["snapshots"]) is None
+    assert not (tmp_path / "runs" / run_dir_name(cfg)).exists()

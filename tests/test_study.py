@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from mnemonics_lib import paper_numbers, report, results, study
+from mnemonics_lib import paper_numbers, report, results, snapshots, study
 from mnemonics_lib.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,6 +250,20 @@ def test_run_tasks_statuses(tmp_path, monkeypatch):
 
 
 
+def test_run_tasks_copies_a_run_another_study_holds(tmp_path, monkeypatch):
+    """The Fig. 1 snapshot run of a config is the same run Table 1 needs: copied, not retrained."""
+    monkeypatch.setattr(study, "compute_task", lambda *a, **k: pytest.fail("must copy, not compute"))
+    (c,) = study.table1_configs("synthetic", 2, [1993], ["lucir"], "smoke")
+    snap = {**_fake_metrics(c), "snapshots": [], "snapshot_settings": {}}
+    results.run_or_load(c, lambda _: snap, tmp_path, study=study.STUDY_SNAPSHOTS)
+    (dry,) = study.run_tasks([study.Task(c)], tmp_path, compute_missing=False)
+    assert dry.status == "missing"  # a dry run writes nothing
+    (out,) = study.run_tasks([study.Task(c)], tmp_path)
+    assert out.status == "copied" and out.record.metrics == _fake_metrics(c)
+    (out,) = study.run_tasks([study.Task(c)], tmp_path)
+    assert out.status == "cached"
+
+
 @pytest.mark.parametrize("missing, compute_missing, mode", [
     (None, None, "compute"), (None, True, "compute"), (None, False, "error"), ("skip", None, "skip"),
     ("error", False, "error"), ("compute", True, "compute")])
@@ -342,7 +356,7 @@ def test_margins_on_hand_made_features():
     means = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     feats = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), dim=1)
     labels = torch.tensor([0, 0, 0])
-    m = study._margins(feats, labels, means)
+    m = snapshots.margins(feats, labels, means)
     assert torch.allclose(m, torch.tensor([1.0, 0.0, -1.0]), atol=1e-6)
 
 
@@ -358,11 +372,21 @@ def test_snapshot_records_what_the_figures_need(tmp_path):
         assert len(s["real_features"]) == 5 * 60 and len(s["class_means"]) == s["n_classes"]
         assert len(s["exemplar_margin"]) == 3 * s["n_classes"]
         assert all(-2 <= v <= 2 for v in s["exemplar_margin"] + s["real_margin"])
-        x, y = study.decode_pixels(s["exemplar_pixels"])
+        x, y = snapshots.decode_pixels(s["exemplar_pixels"])
         assert x.shape == (15, 3, 32, 32) and x.dtype.name == "uint8" and sorted(set(y)) == [0, 1, 2, 3, 4]
     assert study.snapshot(c, None, tmp_path, compute_missing=False).path == rec.path
     with pytest.raises(ValueError, match="recorded phases"):
         study.snapshot(c, (0, 2), tmp_path)
+    # Fig. 1 with its first column "not run": the phase row labels are still there
+    import matplotlib
+
+    matplotlib.use("Agg")
+    cs = study.snapshot_configs("synthetic", "lucir", ["random", "mnemonics"], 2, 1993, "smoke",
+                                memory_per_class=3, epochs_override=1)
+    assert cs[1].config_hash() == c.config_hash()
+    fig = report.plot_tsne(study.snapshot_records(cs, tmp_path, missing="skip"))
+    assert [ax.get_ylabel().split("\n")[0] for ax in fig.axes[::2]] == [
+        f"phase {s['phase']} ({s['n_classes']} classes)" for s in snaps]
 
 
 # ------------------------------------------------------------------ paper numbers and tables
