@@ -234,6 +234,14 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _new_run_dir(parent: Path) -> Path:
+    """A private temporary folder for a run being written, readable by all once published
+    (mkdtemp makes it 0700, and results are shared)."""
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=parent))
+    os.chmod(tmp, 0o755)
+    return tmp
+
+
 def _compute_and_write(
     config: RunConfig, compute: Callable[[RunConfig], dict], final: Path
 ) -> RunRecord:
@@ -253,7 +261,7 @@ def _compute_and_write(
         raise ValueError(f"config.to_dict() holds config_hash {cfg['config_hash']!r} != {h!r}")
     cfg = {**cfg, "config_hash": h}
 
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=final.parent))
+    tmp = _new_run_dir(final.parent)
     for fname, obj in zip(_FILES, (cfg, metrics, env)):
         write_json_atomic(tmp / fname, obj)
     if final.exists():
@@ -340,7 +348,7 @@ def copy_from_other_study(
         metrics = {k: v for k, v in rec.metrics.items() if k not in drop_metrics}
         env = {**rec.env, "copied_from": f"{source}/{name}", "copied_utc": _utc_now()}
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=final.parent))
+        tmp = _new_run_dir(final.parent)
         for fname, obj in zip(_FILES, (rec.config, metrics, env)):
             write_json_atomic(tmp / fname, obj)
         if final.exists():  # published meanwhile by another process: keep theirs

@@ -55,18 +55,24 @@ def _only(arg: str | None) -> list[str] | None:
     return [a.strip() for a in arg.split(",") if a.strip()] if arg else None
 
 
+def _selected(params: dict, args: argparse.Namespace) -> list:
+    """The tasks of ``params`` that --only, --match and --first select, in priority order."""
+    import re
+
+    from mnemonics_lib import study
+
+    tasks = study.select_tasks(study.all_configs(params), _only(args.only))
+    if args.match:
+        pattern = re.compile(args.match)
+        tasks = [t for t in tasks if pattern.search(t.describe())]
+    return tasks[: args.first] if args.first else tasks
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from mnemonics_lib import study
 
     params = load_params(args.profile)
-    tasks = study.select_tasks(study.all_configs(params), _only(args.only))
-    if args.match:
-        import re
-
-        pattern = re.compile(args.match)
-        tasks = [t for t in tasks if pattern.search(t.describe())]
-    if args.first:
-        tasks = tasks[: args.first]
+    tasks = _selected(params, args)
     root = notebook_path(params.get("results_dir", "../results"))
     print(f"{len(tasks)} tasks for profile {args.profile} in {root}")
     for art, n in Counter(t.artifacts[0] for t in tasks).items():
@@ -93,7 +99,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         if all(o.status in ("cached", "copied", "computed") for o in outs):
             choice = study.choose_mnemonics(params)
             print(f"chosen mnemonics settings: {choice['chosen']}")
-            tasks = study.select_tasks(study.all_configs(params), _only(args.only))
+            tasks = _selected(params, args)  # the mnemonics runs now use the choice
         if limit is not None:
             limit = max(0.0, limit - (time.perf_counter() - t0))
     outs = study.run_tasks(tasks, root, device=args.device, jobs=args.jobs, time_limit=limit,
