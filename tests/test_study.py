@@ -441,3 +441,13 @@ def test_relative_notebook_dirs_resolve_against_notebooks_not_the_cwd(tmp_path, 
     monkeypatch.chdir(tmp_path)
     assert study.notebook_dir("../results") == PROJECT_ROOT / "results"
     assert study.notebook_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_exemplar_stage_in_training_epochs():
+    cfg = {"schedule": {"epochs": 8}}
+    rows = [{"phase": 0, "wall_s": {"train": 0.04, "exemplars": 100.0}},  # cached phase 0: left out
+            {"phase": 1, "wall_s": {"train": 16.0, "exemplars": 10.0}},
+            {"phase": 2, "wall_s": {"train": 8.0, "exemplars": 5.0}}]
+    assert report.exemplar_stage_epochs(cfg, rows) == pytest.approx(15.0 / (24.0 / 8))
+    assert math.isnan(report.exemplar_stage_epochs(cfg, rows[:1]))
+    assert math.isnan(report.exemplar_stage_epochs({}, rows))
