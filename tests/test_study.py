@@ -113,13 +113,16 @@ def _group(t: study.Task) -> int:
 
 def test_all_configs_quick_counts_and_priority_order():
     tasks = study.all_configs(params("quick"))
-    assert len(tasks) == len({t.key for t in tasks}) == 123
+    assert len(tasks) == len({t.key for t in tasks}) == 117
     by = Counter(t.artifacts[0] for t in tasks)
-    assert by == {"table1": 45, "ablation_exemplars": 42, "sweep_mnemonics": 12, "table1[cifar10]": 15,
+    # the quick sweep: alpha {0.01, 0.1} x beta1 {1, 10, 100} at K = 1, each run cut after phase 1
+    assert by == {"table1": 45, "ablation_exemplars": 42, "sweep_mnemonics": 6, "table1[cifar10]": 15,
                   "figure1_tsne": 3, "forgetting": 6}
     groups = [_group(t) for t in tasks]
     assert groups == sorted(groups), "tasks are not in priority order"
     assert set(groups) == set(range(7))
+    sweep = [t.config for t in tasks if t.artifacts[0] == "sweep_mnemonics"]
+    assert {(c.last_phase, c.mnemonics.inner_steps) for c in sweep} == {(1, 1)}
     cifar = [t.config for t in tasks if t.artifacts[0] == "table1[cifar10]"]
     assert {(c.dataset, c.phases) for c in cifar} == {("cifar10", 5)}
     # every notebook's configs are all enumerated (the CLI computes exactly what notebooks read)
