@@ -263,12 +263,15 @@ class ReferenceTrain:
 
 # ------------------------------------------------------------------ stages
 def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: bool,
-                cpu_variants: bool = True) -> dict[str, Any]:
+                cpu_variants: bool = True, compiled: bool = False) -> dict[str, Any]:
     """Training images/s: ours vs the reference, same data, model init, batch and step count.
 
     On CPU, ``cpu_variants`` adds what-if runs of our path with channels_last, and with
     channels_last + bf16 autocast (fast where the CPU has AMX / AVX512-BF16), which the trainer
     does not do on CPU today; they are reported beside, never instead of, ``ours``.
+    ``compiled`` adds ``ours_compiled``: our path with the model compiled in place by
+    ``torch.compile`` (inductor); its compilation happens in the warm-up and is reported as
+    ``compile_s``, outside the timings. The trainer does not compile today (a what-if too).
     """
     amp = amp and device.type == "cuda"
     norm = Normaliser.create(data.mean, data.std, device)
@@ -283,10 +286,20 @@ def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
         for name, bf16 in (("ours_channels_last", False), ("ours_channels_last_bf16", True)):
             runs[name] = OursTrain(_model(sizes, n_cls, device, True), images, norm, sizes.batch, bf16,
                                    channels_last=True)
-    for run in runs.values():
+    if compiled:
+        net = _model(sizes, n_cls, device, device.type == "cuda")
+        net.compile()  # in place: same parameters and state_dict keys as the eager model
+        runs["ours_compiled"] = OursTrain(net, images, norm, sizes.batch, amp)
+    warm = {}
+    for name, run in runs.items():
+        t = time.perf_counter()
         run(sizes.warmup_steps)
+        _sync(device)
+        warm[name] = time.perf_counter() - t
     raw = interleave({k: (lambda r=r: r(sizes.train_steps)) for k, r in runs.items()}, sizes.repeats, device)
     res: dict[str, Any] = {k: _throughput(v) for k, v in raw.items()}
+    if compiled:
+        res["compile_s"] = warm["ours_compiled"] - warm["ours"]  # warm-up beyond the eager one
     ref = res["reference"]["median_images_per_s"]
     res["ratio"] = res["ours"]["median_images_per_s"] / ref
     res["variant_ratios"] = {k: res[k]["median_images_per_s"] / ref for k in runs if k.startswith("ours_")}
@@ -497,7 +510,7 @@ def device_slug(device: torch.device) -> str:
 
 def run_benchmark(device: torch.device | str | None = None, *, quick: bool = False,
                   sizes: BenchSizes | None = None, dataset: str = "synthetic", amp: bool = True,
-                  cpu_variants: bool = True,
+                  cpu_variants: bool = True, compiled: bool = False,
                   stages: tuple[str, ...] = ("train", "eval", "herding", "class_means", "mnemonics", "flops"),
                   ) -> dict[str, Any]:
     """Run the chosen stages and return the record (raw timings, ratios, sizes, device)."""
@@ -505,7 +518,7 @@ def run_benchmark(device: torch.device | str | None = None, *, quick: bool = Fal
     sizes = sizes or default_sizes(device, quick)
     data = bench_data(sizes, dataset)
     fns: dict[str, Callable[[], dict[str, Any]]] = {
-        "train": lambda: bench_train(data, sizes, device, amp, cpu_variants),
+        "train": lambda: bench_train(data, sizes, device, amp, cpu_variants, compiled),
         "eval": lambda: bench_eval(data, sizes, device, amp),
         "herding": lambda: bench_herding(sizes, device),
         "class_means": lambda: bench_class_means(data, sizes, device),
@@ -520,7 +533,7 @@ def run_benchmark(device: torch.device | str | None = None, *, quick: bool = Fal
         out[name]["stage_wall_s"] = time.perf_counter() - t
         log.info("%-12s %6.1fs  %s", name, out[name]["stage_wall_s"], _headline(name, out[name]))
     return {"schema": SCHEMA, "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": device_info(device), "dataset": dataset, "amp": amp,
+            "device": device_info(device), "dataset": dataset, "amp": amp, "compiled": compiled,
             "sizes": dataclasses.asdict(sizes), "stages": out, "ratios": ratios(out),
             "targets": TARGETS, "wall_s": time.perf_counter() - t_all}
 

@@ -3,6 +3,7 @@ comparison (same data on both sides) and that the fast paths agree with their re
 Timings are never asserted: they depend on the machine and on whatever else runs on it."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -163,3 +164,28 @@ def test_format_table_accepts_a_subset_of_stages(record):
     sub = {**record, "stages": {k: v for k, v in record["stages"].items() if k in ("train", "herding", "flops")}}
     table = bench.format_table(sub)
     assert "herding" in table and "eval" not in table
+
+
+@pytest.mark.slow
+def test_compiled_what_if_computes_the_eager_step():
+    """The --compile variant times the same computation: a model compiled in place gives the
+    eager model's loss and gradients (float tolerance; inductor may reorder sums)."""
+    import torch.nn.functional as F
+
+    from mnemonics_lib.backbones import build_net
+
+    torch.manual_seed(0)
+    eager = build_net("resnet", 5, depth=8, width=8)
+    compiled = copy.deepcopy(eager)
+    compiled.compile()
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 5, (16,))
+    losses = []
+    for net in (eager, compiled):
+        net.train()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # in place: checkpoints unchanged

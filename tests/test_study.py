@@ -113,13 +113,16 @@ def _group(t: study.Task) -> int:
 
 def test_all_configs_quick_counts_and_priority_order():
     tasks = study.all_configs(params("quick"))
-    assert len(tasks) == len({t.key for t in tasks}) == 123
+    assert len(tasks) == len({t.key for t in tasks}) == 117
     by = Counter(t.artifacts[0] for t in tasks)
-    assert by == {"table1": 45, "ablation_exemplars": 42, "sweep_mnemonics": 12, "table1[cifar10]": 15,
+    # the quick sweep: alpha {0.01, 0.1} x beta1 {1, 10, 100} at K = 1, each run cut after phase 1
+    assert by == {"table1": 45, "ablation_exemplars": 42, "sweep_mnemonics": 6, "table1[cifar10]": 15,
                   "figure1_tsne": 3, "forgetting": 6}
     groups = [_group(t) for t in tasks]
     assert groups == sorted(groups), "tasks are not in priority order"
     assert set(groups) == set(range(7))
+    sweep = [t.config for t in tasks if t.artifacts[0] == "sweep_mnemonics"]
+    assert {(c.last_phase, c.mnemonics.inner_steps) for c in sweep} == {(1, 1)}
     cifar = [t.config for t in tasks if t.artifacts[0] == "table1[cifar10]"]
     assert {(c.dataset, c.phases) for c in cifar} == {("cifar10", 5)}
     # every notebook's configs are all enumerated (the CLI computes exactly what notebooks read)
@@ -441,3 +444,13 @@ def test_relative_notebook_dirs_resolve_against_notebooks_not_the_cwd(tmp_path, 
     monkeypatch.chdir(tmp_path)
     assert study.notebook_dir("../results") == PROJECT_ROOT / "results"
     assert study.notebook_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_exemplar_stage_in_training_epochs():
+    cfg = {"schedule": {"epochs": 8}}
+    rows = [{"phase": 0, "wall_s": {"train": 0.04, "exemplars": 100.0}},  # cached phase 0: left out
+            {"phase": 1, "wall_s": {"train": 16.0, "exemplars": 10.0}},
+            {"phase": 2, "wall_s": {"train": 8.0, "exemplars": 5.0}}]
+    assert report.exemplar_stage_epochs(cfg, rows) == pytest.approx(15.0 / (24.0 / 8))
+    assert math.isnan(report.exemplar_stage_epochs(cfg, rows[:1]))
+    assert math.isnan(report.exemplar_stage_epochs({}, rows))
