@@ -337,7 +337,11 @@ def notebook_parameters(notebook: str, params: Mapping[str, Any]) -> dict[str, A
     return {k: params.get(k, v) for k, v in known.items()}
 
 
-def _common(p: Mapping[str, Any]) -> dict[str, Any]:
+def common_fields(p: Mapping[str, Any]) -> dict[str, Any]:
+    """Config fields every run of a notebook shares: the memory size and, once the sweep has
+    chosen them (``results/sweeps/mnemonics/choice.json`` under ``p["results_dir"]``), the
+    mnemonics settings. The notebooks and the CLI build their configs with it, so both ask for
+    the same runs."""
     common: dict[str, Any] = {"memory_per_class": int(p["memory_per_class"])}
     chosen = mnemonics_choice(results_root(p))
     if chosen:
@@ -402,18 +406,18 @@ def notebook_configs(notebook: str, params: Mapping[str, Any]) -> list[RunConfig
     p = notebook_parameters(notebook, params)
     ds, prof = p["dataset"], p["profile"]
     if notebook in ("table1", "figure4_curves"):
-        return table1_configs(ds, p["phases"], p["seeds"], p["methods"], prof, **_common(p))
+        return table1_configs(ds, p["phases"], p["seeds"], p["methods"], prof, **common_fields(p))
     if notebook == "forgetting":
-        return forgetting_configs(ds, p["phases"], p["seeds"], p["forgetting_methods"], prof, **_common(p))
+        return forgetting_configs(ds, p["phases"], p["seeds"], p["forgetting_methods"], prof, **common_fields(p))
     if notebook == "ablation_exemplars":
         return ablation_configs(ds, p["ablation_phases"], p["seeds"], prof, p["ablation_methods"],
-                                p["ablation_exemplars"], p["ablation_extras"], **_common(p))
+                                p["ablation_exemplars"], p["ablation_extras"], **common_fields(p))
     if notebook == "sweep_mnemonics":
         return sweep_configs(ds, p["sweep_inner_lr"], p["sweep_outer_lr"], p["sweep_inner_steps"],
                              p["sweep_phases"], p["sweep_seed"], prof,
-                             last_phase=p["sweep_last_phase"], **_common(p))
+                             last_phase=p["sweep_last_phase"], **common_fields(p))
     return snapshot_configs(ds, p["snapshot_method"], p["snapshot_exemplars"], p["snapshot_phases"],
-                            p["snapshot_seed"], prof, **_common(p))
+                            p["snapshot_seed"], prof, **common_fields(p))
 
 
 # ------------------------------------------------------------------ tasks and priority

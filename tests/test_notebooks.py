@@ -233,3 +233,22 @@ def test_nbval_revalidates_every_executed_notebook(executed):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     passed = re.search(r"(\d+) passed", proc.stdout)
     assert passed and int(passed.group(1)) >= 5 * len(ORDER), proc.stdout[-2000:]  # cells checked
+
+
+@pytest.mark.parametrize("name", ["table1", "ablation_exemplars", "forgetting", "figure4_curves", "figure1_tsne"])
+def test_notebook_configs_use_the_sweep_choice_like_the_cli(name, tmp_path):
+    """The configs a notebook builds (its own code) are the ones the CLI computes, including the
+    mnemonics settings the sweep chose: otherwise `make figures` asks for runs nobody computes."""
+    choice = {"chosen": {"inner_lr": 0.01, "outer_lr": 100.0, "inner_steps": 1}}
+    (tmp_path / "sweeps" / "mnemonics").mkdir(parents=True)
+    (tmp_path / "sweeps" / "mnemonics" / "choice.json").write_text(json.dumps(choice))
+    params = {**study.NOTEBOOK_DEFAULTS[name], "results_dir": str(tmp_path)}
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    cell = next(c.source for c in nb.cells if c.cell_type == "code" and "configs = study." in c.source)
+    statement = cell[: cell.index("\nprint(")]  # the configs = ... statement only
+    namespace = {"study": study, "params": params, **params}
+    exec(statement, namespace)  # noqa: S102 - the notebook's own code
+    ours = [c.config_hash() for c in namespace["configs"]]
+    assert ours == [c.config_hash() for c in study.notebook_configs(name, params)]
+    mn = [c for c in namespace["configs"] if c.exemplars == "mnemonics"]
+    assert mn and all((c.mnemonics.inner_lr, c.mnemonics.outer_lr) == (0.01, 100.0) for c in mn)
