@@ -234,12 +234,24 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _new_run_dir(parent: Path) -> Path:
-    """A private temporary folder for a run being written, readable by all once published
-    (mkdtemp makes it 0700, and results are shared)."""
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=parent))
-    os.chmod(tmp, 0o755)
-    return tmp
+def _publish(final: Path, cfg: dict, metrics: dict, env: dict, *, keep_loser: bool) -> RunRecord:
+    """Write the three files into a private temporary folder, then publish it as ``final`` by one
+    directory rename (never over an existing run). When another process published ``final``
+    meanwhile, theirs is returned and ours is left aside (``keep_loser``) or deleted."""
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=final.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; results are shared
+    for fname, obj in zip(_FILES, (cfg, metrics, env)):
+        write_json_atomic(tmp / fname, obj)
+    if final.exists():
+        if keep_loser:
+            logger.warning("%s appeared meanwhile; leaving this result in %s", final, tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return _read_run(final, cfg["config_hash"])
+    # os.rename of a directory fails on a non-empty target: never overwrites a run.
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+    return RunRecord(path=final, config=cfg, metrics=metrics, env=env)
 
 
 def _compute_and_write(
@@ -261,18 +273,10 @@ def _compute_and_write(
         raise ValueError(f"config.to_dict() holds config_hash {cfg['config_hash']!r} != {h!r}")
     cfg = {**cfg, "config_hash": h}
 
-    tmp = _new_run_dir(final.parent)
-    for fname, obj in zip(_FILES, (cfg, metrics, env)):
-        write_json_atomic(tmp / fname, obj)
-    if final.exists():
-        # Another process published the same run meanwhile: keep theirs, keep ours aside.
-        logger.warning("%s appeared while computing; leaving this result in %s", final, tmp)
-        return _read_run(final, h)
-    # os.rename of a directory fails on a non-empty target: never overwrites a run.
-    os.rename(tmp, final)
-    fsync_dir(final.parent)
-    logger.info("wrote run %s (%.1f s)", final, wall)
-    return RunRecord(path=final, config=cfg, metrics=metrics, env=env)
+    # a computed result is kept aside if another process won the race: it cost compute time
+    record = _publish(final, cfg, metrics, env, keep_loser=True)
+    logger.info("run %s ready (%.1f s)", final, wall)
+    return record
 
 
 def run_or_load(
@@ -348,16 +352,8 @@ def copy_from_other_study(
         metrics = {k: v for k, v in rec.metrics.items() if k not in drop_metrics}
         env = {**rec.env, "copied_from": f"{source}/{name}", "copied_utc": _utc_now()}
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_run_dir(final.parent)
-        for fname, obj in zip(_FILES, (rec.config, metrics, env)):
-            write_json_atomic(tmp / fname, obj)
-        if final.exists():  # published meanwhile by another process: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-            return _read_run(final, h)
-        os.rename(tmp, final)
-        fsync_dir(final.parent)
-        logger.info("copied run %s from %s", final, src)
-        return RunRecord(path=final, config=rec.config, metrics=metrics, env=env)
+        logger.info("copying run %s from %s", final, src)
+        return _publish(final, rec.config, metrics, env, keep_loser=False)  # a copy is not worth keeping
     return None
 
 
