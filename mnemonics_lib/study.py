@@ -245,8 +245,8 @@ NOTEBOOK_DEFAULTS: dict[str, dict[str, Any]] = {
                            "ablation_methods": list(ABLATION_METHODS), "ablation_exemplars": list(EXEMPLARS),
                            "ablation_extras": list(ABLATION_EXTRAS)},
     "sweep_mnemonics": {**_COMMON, "sweep_inner_lr": [0.01, 0.1], "sweep_outer_lr": [1.0, 10.0, 100.0],
-                        "sweep_inner_steps": [1, 3], "sweep_phases": 5, "sweep_seed": 1993,
-                        "sweep_last_phase": None},
+                        "sweep_inner_steps": [1], "sweep_phases": 5, "sweep_seed": 1993,
+                        "sweep_last_phase": 1},  # = params/quick.yaml, the committed sweep
     "figure1_tsne": {**_COMMON, **_SNAPSHOT},
     "exemplar_images": {**_COMMON, **_SNAPSHOT},
 }
