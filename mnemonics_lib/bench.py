@@ -40,6 +40,8 @@ from .datasets import ArrayData, load_dataset, make_synthetic
 from .evaluation import class_means
 from .memory import herding_reference, herding_selection
 from .pipeline import DeviceImages, Normaliser, augment, batch_indices, make_generator
+from .steps import TOTALS as GRAPH_TOTALS
+from .steps import EagerStep, GraphStep, cuda_graphs_enabled, make_step
 
 log = logging.getLogger(__name__)
 
@@ -172,18 +174,23 @@ def _sgd_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
 
 
 class OursTrain:
-    """The library's training input path (as in ``trainer.train_epochs``), per call ``steps`` steps.
+    """The library's training path (as in ``trainer.train_epochs``), per call ``steps`` steps:
+    on-device batches and augmentation, and the trainer's step executor (a replayed CUDA graph
+    on CUDA; ``graphs=False`` times the eager step instead).
 
     ``channels_last``/``amp`` default to what the trainer does on the model's device (both on
     CUDA only); the CPU what-if variants of :func:`bench_train` switch them on there too.
     """
 
     def __init__(self, model: torch.nn.Module, images: DeviceImages, norm: Normaliser, batch: int,
-                 amp: bool, seed: int = 0, channels_last: bool | None = None):
+                 amp: bool, seed: int = 0, channels_last: bool | None = None, graphs: bool = True):
         self.model, self.images, self.norm, self.amp = model, images, norm, amp
         self.device = images.x.device
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         self.opt = _sgd(model)
+        loss = lambda x, y: F.cross_entropy(model(x), y)  # noqa: E731
+        self.step = (make_step(self.opt, loss, amp, self.device, batch) if graphs
+                     else EagerStep(self.opt, loss, amp, self.device.type))
         self.gen = make_generator(seed, self.device)
         self.pad = norm.pixel_range[0]
         self.batch = batch
@@ -201,7 +208,7 @@ class OursTrain:
             x = augment(self.norm(self.images.x[idx]), self.gen, self.pad)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            _sgd_step(self.model, self.opt, x, self.images.y[idx], self.amp)
+            self.step(x, self.images.y[idx])
             n += len(idx)  # a host-side shape: no device synchronisation
         return n
 
@@ -282,6 +289,10 @@ def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
         "reference": ReferenceTrain(_model(sizes, n_cls, device, False), reference_loader(
             data.x_train, data.y_train, data.mean, data.std, True, sizes.batch, sizes.workers, device), device),
     }
+    if device.type == "cuda" and isinstance(runs["ours"].step, GraphStep):
+        # the same path with the eager step: what the graphs alone buy
+        runs["ours_eager"] = OursTrain(_model(sizes, n_cls, device, True), images, norm, sizes.batch, amp,
+                                       graphs=False)
     if cpu_variants and device.type == "cpu":
         for name, bf16 in (("ours_channels_last", False), ("ours_channels_last_bf16", True)):
             runs[name] = OursTrain(_model(sizes, n_cls, device, True), images, norm, sizes.batch, bf16,
@@ -304,6 +315,8 @@ def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
     res["ratio"] = res["ours"]["median_images_per_s"] / ref
     res["variant_ratios"] = {k: res[k]["median_images_per_s"] / ref for k in runs if k.startswith("ours_")}
     res["ours_precision"] = "bf16 autocast" if amp else "fp32"
+    res["ours_step"] = "cuda graph" if isinstance(runs["ours"].step, GraphStep) else "eager"
+    res["ours_step_stats"] = dict(getattr(runs["ours"].step, "stats", {}))
     return res
 
 
@@ -613,7 +626,7 @@ class ProjectionSizes:
     per_class_test: int = 100
     phases: int = 10  # N incremental phases after the base phase (B = n_classes / 2)
     memory_per_class: int = 20
-    epochs_measured: int = 3  # per timed phase; the first is a warm-up when more than one
+    epochs_measured: int = 4  # per timed phase; the first (warm-up, graph capture) is not used
     paper_epochs: int = 160
     profile: str = "paper"  # the schedule (batch 128, ResNet-32); "smoke" for a dry run
 
@@ -628,14 +641,22 @@ def projection_data(sizes: ProjectionSizes) -> ArrayData:
 
 
 def _epoch_times(ctx: Any, method: Any, epochs: int) -> list[float]:
+    """Seconds of each of ``epochs`` epochs of one ``train_epochs`` call (one optimiser, so a
+    CUDA graph is captured once and replayed, as in a real phase), synchronised at each epoch end."""
     from .trainer import train_epochs
 
-    lr = ctx.config.schedule.lr
-    out = []
-    for e in range(epochs):
-        s, _ = _timed(lambda: train_epochs(ctx, method, 1, lr, method.param_groups(ctx)), ctx.device)
-        out.append(s)
-        log.info("phase %d epoch %d: %.2fs (%d images)", ctx.phase, e, s, len(ctx.train_y))
+    out: list[float] = []
+    _sync(ctx.device)
+    last = [time.perf_counter()]
+
+    def tick(e: int) -> None:
+        _sync(ctx.device)
+        now = time.perf_counter()
+        out.append(now - last[0])
+        last[0] = now
+        log.info("phase %d epoch %d: %.2fs (%d images)", ctx.phase, e, out[-1], len(ctx.train_y))
+
+    train_epochs(ctx, method, epochs, ctx.config.schedule.lr, method.param_groups(ctx), on_epoch_end=tick)
     return out
 
 
@@ -679,6 +700,7 @@ def paper_projection(device: torch.device | str | None = None, sizes: Projection
     from .methods import PhaseContext, get_method
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    graph_before = dict(GRAPH_TOTALS)
     config = make_config(dataset="synthetic", synthetic_classes=sizes.n_classes, phases=sizes.phases,
                          profile=sizes.profile, amp=amp, method="lucir", exemplars="herding",
                          memory_per_class=sizes.memory_per_class)
@@ -726,4 +748,6 @@ def paper_projection(device: torch.device | str | None = None, sizes: Projection
             "sizes": dataclasses.asdict(sizes), "batch": s.batch_size, "method": "lucir",
             "phase0_images": len(y0), "phase0_epoch_s": t0, "phase1_images": len(ctx.train_y),
             "phase1_epoch_s": t1, "exemplar_stage_s": [t_ex, t_ex1], "eval_phase1_s": t_eval,
-            "phase1_acc_cnn": row["acc_cnn"], "projection": proj}
+            "phase1_acc_cnn": row["acc_cnn"], "projection": proj,
+            "step": "cuda graph" if cuda_graphs_enabled(device) else "eager",
+            "graph_steps": {k: v - graph_before.get(k, 0) for k, v in GRAPH_TOTALS.items()}}

@@ -174,9 +174,18 @@ def provenance() -> dict[str, Any]:
     status = _git("status", "--porcelain", "--", ":(top,exclude)results", ":(top,exclude)data")
     import torch  # local: keeps `import mnemonics_lib.results` light for report-only use
 
+    extra = {}
+    if commit is None and os.environ.get("MNEMONICS_GIT_COMMIT"):
+        # a copy of a checkout without .git (the lent GPU machine): the launcher names the commit
+        # it copied; whether the copy had uncommitted changes cannot be checked here (None)
+        commit = os.environ["MNEMONICS_GIT_COMMIT"]
+        extra["git_commit_source"] = "MNEMONICS_GIT_COMMIT (a copy of the checkout without .git)"
+    if torch.cuda.is_available():  # how training steps ran there (same numerics either way)
+        extra["cuda_graphs"] = os.environ.get("MNEMONICS_CUDA_GRAPHS", "1") != "0"
     return {
         "git_commit": commit.strip() if commit else None,
         "git_dirty": bool(status.strip()) if status is not None else None,
+        **extra,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": _version("numpy"),

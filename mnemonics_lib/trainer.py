@@ -33,6 +33,7 @@ from .exemplars import exemplar_stage
 from .memory import ExemplarMemory
 from .methods import Method, PhaseContext, get_method
 from .pipeline import DeviceImages, Normaliser, augment, batch_indices, make_generator
+from .steps import make_step
 
 log = logging.getLogger(__name__)
 
@@ -97,26 +98,27 @@ def _autocast(config: RunConfig, device: torch.device):
 
 
 def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, groups: list[dict],
-                 loss_fn=None, desc: str = "") -> None:
+                 loss_fn=None, desc: str = "", on_epoch_end: Callable[[int], None] | None = None) -> None:
     """SGD with momentum, step decay at the schedule's milestone fractions, batched on-device
-    augmentation; no host synchronisation inside the step loop."""
+    augmentation; no host synchronisation inside the step loop. On CUDA each full batch replays
+    a captured CUDA graph of the step (:mod:`mnemonics_lib.steps`). ``on_epoch_end(epoch)`` is
+    called after each epoch (the benchmark times epochs with it)."""
     s = ctx.config.schedule
     opt = torch.optim.SGD(groups, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
     miles = sorted({max(1, int(round(m * epochs))) for m in s.milestones})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=s.gamma)
     pad = ctx.state["_pad"]
     loss_fn = loss_fn or method.loss
-    for _ in tqdm(range(epochs), desc=desc or f"phase {ctx.phase}", leave=False, disable=None):
+    step = make_step(opt, lambda x, y: loss_fn(ctx, x, y), ctx.config.amp, ctx.device, s.batch_size)
+    for epoch in tqdm(range(epochs), desc=desc or f"phase {ctx.phase}", leave=False, disable=None):
         ctx.model.train()
         for idx in batch_indices(len(ctx.train_y), s.batch_size, ctx.generator, ctx.device):
             # channels_last: faster convolutions on CUDA and on recent CPUs (bench.py measures it)
             x = augment(ctx.train_x[idx], ctx.generator, pad).contiguous(memory_format=torch.channels_last)
-            with _autocast(ctx.config, ctx.device):
-                loss = loss_fn(ctx, x, ctx.train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            step(x, ctx.train_y[idx])
         sched.step()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
 
 
 def balanced_finetune(ctx: PhaseContext, method: Method, memory: ExemplarMemory) -> None:

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # One prepared session on a lent GPU machine (H100/H200), sized to end within ~9.5 minutes:
-#   1. scripts/gpu_check.sh alone (clean timings): gpu-marked tests, benchmark, timed paper phase;
-#   2. PAPER_PAIR=1 only: in the background, the paper-profile LUCIR pair (herding, mnemonics),
-#      caltech100, N=10 (projected ~28 min per run on an H200: it cannot finish in one session);
-#   3. every quick-profile run the notebooks need (sweep first, which chooses the mnemonics
-#      settings; then Table 1, the ablations, ...), in priority order, JOBS processes (default 2),
-#      launching nothing new after a time limit (runs are written atomically: a stop loses only
-#      the runs in flight). Few processes on purpose: the step is launch-bound, and 10 processes
-#      time-sliced one H200 to ~180 ms per step, so no run finished (2026-11-26 session);
-#   4. results/ (new runs, sweep choice, benchmark files) packed into $OUT/results.tgz.
-# Needs data/caltech101_32 carried with the tree (copy of ../shared/data/caltech101_32).
+#   1. alone on the GPU (clean timings): the benchmark and the paper-schedule projection
+#      (scripts/gpu_check.sh, stages bench + projection);
+#   2. then side by side until END_AT seconds:
+#      - the gpu-marked tests (accuracy checks: they need no quiet GPU);
+#      - paper-profile runs, caltech100, N = 10 first, LUCIR first (PAPER_MATCH selects them;
+#        default: every method but the mnemonics ones), one process;
+#      - PAPER_MNEMONICS=1: the paper-profile LUCIR w/ mnemonics N = 10 run, one process (its
+#        exemplar stage is not graphed: its log gives the per-phase time even when it cannot finish);
+#      - quick-profile runs the notebooks need (QUICK_MATCH; default: all but mnemonics and
+#        cifar10, whose data cannot travel), JOBS processes, nothing new launched after
+#        QUICK_LIMIT seconds;
+#   3. results/ (new runs, benchmark files) packed into $OUT/results.tgz, logs beside it.
+# Runs are written atomically: a stop at END_AT loses only the runs in flight.
+# Needs data/caltech101_32 carried with the tree (copy of ../shared/data/caltech101_32), and
+# MNEMONICS_GIT_COMMIT set to the commit the tree was copied from (the copy has no .git).
 # SMALL=1: the same steps at smoke size, to prove the script end to end on a CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,13 +24,16 @@ PY=${PY:-python3}
 OUT=${OUT:-build/gpu_out}
 mkdir -p "$OUT" results/bench
 SMALL=${SMALL:-0}
+NOT_MN='^(?!.*(mnemonics|cifar10))'
 if [ "$SMALL" = 1 ]; then
-  QUICK=smoke; PAPER=smoke; JOBS=${JOBS:-2}; DEVICE=${DEVICE:-cpu}; CHECK_BUDGET=${CHECK_BUDGET:-200}
-  END_AT=${END_AT:-560}; QUICK_LIMIT=${QUICK_LIMIT:-60}
+  QUICK=smoke; PAPER=smoke; JOBS=${JOBS:-2}; DEVICE=${DEVICE:-cpu}; END_AT=${END_AT:-400}
+  QUICK_LIMIT=${QUICK_LIMIT:-120}; QUICK_MATCH=${QUICK_MATCH:-"${NOT_MN}"}; THREADS=${THREADS:-1}
+  PAPER_MATCH=${PAPER_MATCH:-"${NOT_MN}.*lucir-"}
 else
-  QUICK=quick; PAPER=paper; JOBS=${JOBS:-2}; DEVICE=${DEVICE:-cuda}; CHECK_BUDGET=${CHECK_BUDGET:-150}
-  END_AT=${END_AT:-545}; QUICK_LIMIT=${QUICK_LIMIT:-300}
+  QUICK=quick; PAPER=paper; JOBS=${JOBS:-3}; DEVICE=${DEVICE:-cuda}; END_AT=${END_AT:-530}
+  QUICK_LIMIT=${QUICK_LIMIT:-420}; QUICK_MATCH=${QUICK_MATCH:-$NOT_MN}; THREADS=${THREADS:-2}
 fi
+PAPER_MATCH=${PAPER_MATCH:-"${NOT_MN}.*-N10-"}
 start=$(date +%s)
 now() { echo $(( $(date +%s) - start )); }
 stamp() { echo "[gpu_session +$(now)s] $*"; }
@@ -35,32 +43,33 @@ pack() {
 }
 trap pack EXIT
 
-stamp "device: $($PY -c 'import torch;print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", torch.__version__)')"
-stamp "gpu_check alone (budget ${CHECK_BUDGET}s)"
-GPU_CHECK_SMALL=$SMALL GPU_CHECK_BUDGET_S=$CHECK_BUDGET timeout $(( CHECK_BUDGET + 20 )) env -u OUT \
-    bash scripts/gpu_check.sh > "$OUT/gpu_check.log" 2>&1
-echo "gpu_check rc=$?" >> "$OUT/gpu_check.log"
-tail -n 30 "$OUT/gpu_check.log"
+stamp "device: $($PY -c 'import torch;print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", torch.__version__)'); commit ${MNEMONICS_GIT_COMMIT:-unknown}"
+stamp "benchmark and projection, alone on the device"
+GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="bench projection" GPU_CHECK_BUDGET_S=260 GPU_CHECK_TAG=timing \
+    timeout 280 env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_timing.log" 2>&1
+echo "gpu_check timing rc=$?" >> "$OUT/gpu_timing.log"
+grep -E "ratio|projected|rc=|graph" "$OUT/gpu_timing.log" | tail -n 30
 
-paper_pid=
-if [ "${PAPER_PAIR:-0}" = 1 ]; then
-  left=$(( END_AT - $(now) ))
-  stamp "paper-profile LUCIR pair in the background (${left}s left)"
-  timeout "$left" $PY scripts/study.py results --profile "$PAPER" --only table1 --first 2 --jobs 2 \
-      --threads 2 --device "$DEVICE" > "$OUT/paper_runs.log" 2>&1 &
-  paper_pid=$!
+left() { echo $(( END_AT - $(now) )); }
+stamp "side by side: gpu tests, paper runs, quick runs ($(left)s left)"
+GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="pytest" GPU_CHECK_BUDGET_S=$(( $(left) - 20 )) GPU_CHECK_TAG=tests \
+    timeout "$(left)" env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_tests.log" 2>&1 &
+tests_pid=$!
+timeout "$(left)" $PY scripts/study.py results --profile "$PAPER" --only table1 --match "$PAPER_MATCH" \
+    --jobs 1 --threads "$THREADS" --device "$DEVICE" > "$OUT/paper_runs.log" 2>&1 &
+paper_pid=$!
+mn_pid=
+if [ "${PAPER_MNEMONICS:-0}" = 1 ]; then
+  timeout "$(left)" $PY scripts/study.py results --profile "$PAPER" --only table1 \
+      --match 'lucir_mnemonics-N10-s1993' --jobs 1 --threads "$THREADS" --device "$DEVICE" > "$OUT/paper_mnemonics.log" 2>&1 &
+  mn_pid=$!
 fi
-
-stamp "quick-profile runs, sweep first (jobs=$JOBS, no new launch after ${QUICK_LIMIT}s)"
-left=$(( END_AT - $(now) ))
-timeout "$left" $PY scripts/study.py results --profile "$QUICK" --jobs "$JOBS" --threads 1 \
-    --device "$DEVICE" --time-limit "$QUICK_LIMIT" > "$OUT/quick_runs.log" 2>&1
+timeout "$(left)" $PY scripts/study.py results --profile "$QUICK" --match "$QUICK_MATCH" --jobs "$JOBS" \
+    --threads "$THREADS" --device "$DEVICE" --time-limit "$QUICK_LIMIT" > "$OUT/quick_runs.log" 2>&1
 echo "quick rc=$?" >> "$OUT/quick_runs.log"
-grep -E "chosen|done|FAILED|cached|tasks" "$OUT/quick_runs.log" | tail -n 40
-
-if [ -n "$paper_pid" ]; then
-  stamp "waiting for the paper pair"
-  wait "$paper_pid"; echo "paper rc=$?" >> "$OUT/paper_runs.log"
-  grep -E "done|FAILED|rc=" "$OUT/paper_runs.log" | tail -n 5
-fi
+for pid in $tests_pid $paper_pid $mn_pid; do wait "$pid"; echo "pid $pid rc=$?"; done
+echo "paper runs:"; grep -E "computed|done|FAILED|phase [0-9]+:" "$OUT/paper_runs.log" | tail -n 15
+[ -n "$mn_pid" ] && { echo "paper mnemonics:"; grep -E "phase [0-9]+:|exemplar|done" "$OUT/paper_mnemonics.log" | tail -n 8; }
+echo "quick runs:"; grep -cE "^done " "$OUT/quick_runs.log"; grep -E "FAILED|Error" "$OUT/quick_runs.log" | head -n 5
+echo "gpu tests:"; grep -E "passed|failed|AIA|graph steps|rc=" "$OUT/gpu_tests.log" | tail -n 8
 stamp "done"

@@ -1,5 +1,8 @@
 """GPU path checks (``pytest -m gpu``; skipped without CUDA).
 
+Neither speed-up of the GPU path may cost accuracy: bf16 autocast against float32, and the
+replayed CUDA graphs of the training step (``mnemonics_lib.steps``) against eager steps.
+
 bf16 autocast must not cost accuracy: a short LUCIR run on the synthetic set in bf16 reaches the
 accuracy of the same run in float32 within the noise between seeds. bf16 changes the rounding of
 every activation, so the two runs follow different trajectories much as two seeds do; the right
@@ -18,6 +21,7 @@ import torch
 
 from mnemonics_lib import bench
 from mnemonics_lib.config import make_config
+from mnemonics_lib.steps import TOTALS as GRAPH_TOTALS
 from mnemonics_lib.trainer import run_incremental
 
 pytestmark = [pytest.mark.gpu,
@@ -35,16 +39,30 @@ def _aia(amp: bool, seed: int, device: str = "cuda") -> float:
     return run_incremental(cfg, device, checkpoints=False, share_phase0=False)["aia_cnn"]
 
 
-def test_bf16_matches_float32_within_seed_noise():
-    bf16 = [_aia(True, s) for s in SEEDS]
-    fp32 = [_aia(False, s) for s in SEEDS]
-    se = (statistics.variance(bf16) / len(bf16) + statistics.variance(fp32) / len(fp32)) ** 0.5
+def _same_within_seed_noise(a: list[float], b: list[float], what: str) -> None:
+    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
     tol = max(FLOOR, 3 * se)
-    diff = statistics.mean(bf16) - statistics.mean(fp32)
-    print(f"AIA bf16 {bf16} fp32 {fp32}: difference {diff:+.2f}, tolerance {tol:.2f}")
+    diff = statistics.mean(a) - statistics.mean(b)
+    print(f"AIA {what}: {a} vs {b}: difference {diff:+.2f}, tolerance {tol:.2f}")
     # both must actually learn, or equal accuracies would mean nothing
-    assert min(statistics.mean(bf16), statistics.mean(fp32)) > 2 * CHANCE_AIA
+    assert min(statistics.mean(a), statistics.mean(b)) > 2 * CHANCE_AIA
     assert abs(diff) <= tol
+
+
+def test_bf16_matches_float32_within_seed_noise():
+    _same_within_seed_noise([_aia(True, s) for s in SEEDS], [_aia(False, s) for s in SEEDS], "bf16 vs fp32")
+
+
+def test_cuda_graph_steps_match_eager_steps_within_seed_noise(monkeypatch):
+    before = dict(GRAPH_TOTALS)
+    graphed = [_aia(False, s) for s in SEEDS]
+    used = {k: GRAPH_TOTALS[k] - before.get(k, 0) for k in ("replayed", "captures", "failed")}
+    monkeypatch.setenv("MNEMONICS_CUDA_GRAPHS", "0")
+    eager = [_aia(False, s) for s in SEEDS]
+    print(f"graph steps: {used}")
+    # every LUCIR phase (old model, distillation, masked margin ranking) captured without a fallback
+    assert used["failed"] == 0 and used["replayed"] > used["captures"] > 0
+    _same_within_seed_noise(graphed, eager, "cuda graphs vs eager")
 
 
 def test_benchmark_runs_on_cuda_at_tiny_sizes():
@@ -55,6 +73,8 @@ def test_benchmark_runs_on_cuda_at_tiny_sizes():
                              mn_repeats=2, matmul_n=256, matmul_reps=2, workers=2)
     r = bench.run_benchmark("cuda", sizes=sizes)
     assert r["stages"]["train"]["ours_precision"] == "bf16 autocast"
+    assert r["stages"]["train"]["ours_step"] == "cuda graph"
+    assert r["stages"]["train"]["ours_step_stats"]["replayed"] >= 1
     assert r["stages"]["flops"]["matmul_dtype"] == "bfloat16"
     assert r["stages"]["herding"]["same_indices"] and len(r["stages"]["herding"]["ours_device_s"]) == 2
     assert r["stages"]["class_means"]["max_abs_diff"] < 1e-4

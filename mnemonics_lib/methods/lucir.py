@@ -55,11 +55,14 @@ class LUCIR(Method):
             old_feats = ctx.old_model.features(x)
         lf = (1 - F.cosine_similarity(feats.float(), old_feats.float(), dim=1)).mean()
         loss = loss + ctx.state["lucir_lambda"] * lf
-        old = y < ctx.n_old
-        if old.any():
-            c = cos[old]
-            gt = c.gather(1, y[old, None])  # (m, 1)
-            hard = c[:, ctx.n_old:ctx.n_seen].topk(min(self.K, ctx.n_new), dim=1).values  # (m, K)
-            mr = F.relu(self.margin - gt + hard).mean()  # MarginRankingLoss(gt, hard, target=1)
-            loss = loss + self.lambda_mr * mr
-        return loss
+        # Margin ranking over the old-class samples of the batch, written with a mask rather than
+        # by selecting them (cos[old]): same value, but static shapes and no host synchronisation
+        # (``if old.any()``), so the step can be captured in a CUDA graph. A batch without
+        # old-class samples adds exactly 0, as skipping the term did.
+        k = min(self.K, ctx.n_new)
+        gt = cos.gather(1, y[:, None]).float()  # (B, 1)
+        hard = cos[:, ctx.n_old:ctx.n_seen].topk(k, dim=1).values.float()  # (B, K)
+        old = (y < ctx.n_old).float()[:, None]  # (B, 1)
+        per_pair = F.relu(self.margin - gt + hard) * old  # MarginRankingLoss(gt, hard, target=1)
+        mr = per_pair.sum() / (old.sum() * k).clamp_min(1.0)
+        return loss + self.lambda_mr * mr

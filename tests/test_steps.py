@@ -1,0 +1,139 @@
+"""The CUDA-graph step executor's bookkeeping, tested on the CPU with a recorder backend, and the
+graph-safe (masked) LUCIR margin-ranking loss against the selection-based formula."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnemonics_lib.backbones import build_net
+from mnemonics_lib.steps import EagerStep, GraphStep, make_step
+
+
+class RecordedGraph:
+    """Stands in for a CUDA graph: ``replay`` re-runs the recorded step function. As in a real
+    whole-step graph, a replayed backward writes fresh gradients (it does not accumulate)."""
+
+    def __init__(self, fn, params):
+        self.fn, self.params = fn, params
+
+    def replay(self):
+        for p in self.params:
+            p.grad = None
+        self.fn()
+
+
+class Recorder:
+    def __init__(self, params):
+        self.params, self.captured = params, 0
+
+    def warm(self, fn):
+        fn()
+
+    def capture(self, fn):
+        self.captured += 1
+        return RecordedGraph(fn, self.params)  # capture records; it does not execute
+
+
+def _train(model, make, sizes, epochs=4, milestones=(1, 3)):
+    """The trainer's loop shape: SGD + MultiStepLR, per-epoch batches of the given sizes."""
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 5, (n,), generator=g)) for n in sizes]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.1)
+    step = make(opt, lambda x, y: F.cross_entropy(model(x), y))
+    for _ in range(epochs):
+        model.train()
+        for x, y in data:
+            step(x, y)
+        sched.step()
+    return step
+
+
+def test_graph_step_replays_the_eager_training_exactly():
+    torch.manual_seed(0)
+    eager_model = build_net("resnet", 5, depth=8, width=4)
+    graph_model = copy.deepcopy(eager_model)
+    sizes = [8, 8, 8, 5]  # three full batches and the smaller last one, as batch_indices gives
+    _train(eager_model, lambda opt, f: EagerStep(opt, f, False, "cpu"), sizes)
+    rec = Recorder(list(graph_model.parameters()))
+    step = _train(graph_model, lambda opt, f: GraphStep(opt, f, False, "cpu", 8, warmup=3, backend=rec), sizes)
+    for (name, a), b in zip(eager_model.state_dict().items(), graph_model.state_dict().values()):
+        assert torch.equal(a, b), name  # same ops on the same data: bit-identical on a CPU
+    # epoch 0: 3 warm-up steps + last batch eager; lr 0.1 never replays (milestone after epoch 0)
+    # epoch 1: capture at lr 0.01, 3 replays, last eager; epoch 2: same lr, 3 replays + eager;
+    # epoch 3: capture at lr 0.001, 3 replays + eager
+    assert step.stats == {"eager": 7, "replayed": 9, "captures": 2}
+    assert rec.captured == 2
+
+
+def test_graph_step_captures_again_when_the_learning_rate_changes():
+    torch.manual_seed(1)
+    model = build_net("resnet", 5, depth=8, width=4)
+    rec = Recorder(list(model.parameters()))
+    step = _train(model, lambda opt, f: GraphStep(opt, f, False, "cpu", 8, warmup=1, backend=rec),
+                  [8, 8], epochs=3, milestones=(1, 2))
+    # warm-up 1 eager, capture at lr 0.1 (then 1 replay); new captures at epochs 1 and 2
+    assert step.stats == {"eager": 1, "replayed": 5, "captures": 3}
+
+
+def test_a_failed_capture_falls_back_to_eager_training():
+    class Broken(Recorder):
+        def capture(self, fn):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    torch.manual_seed(2)
+    eager_model = build_net("resnet", 5, depth=8, width=4)
+    model = copy.deepcopy(eager_model)
+    _train(eager_model, lambda opt, f: EagerStep(opt, f, False, "cpu"), [8, 8, 8])
+    step = _train(model, lambda opt, f: GraphStep(opt, f, False, "cpu", 8, warmup=1,
+                                                   backend=Broken(list(model.parameters()))), [8, 8, 8])
+    assert step.stats["replayed"] == 0 and step.stats["eager"] == 12
+    for a, b in zip(eager_model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_make_step_is_eager_on_cpu_and_graphed_on_cuda_unless_switched_off(monkeypatch):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert isinstance(make_step(opt, None, False, torch.device("cpu"), 8), EagerStep)
+    assert isinstance(make_step(opt, None, False, torch.device("cuda"), 8), GraphStep)
+    monkeypatch.setenv("MNEMONICS_CUDA_GRAPHS", "0")
+    assert isinstance(make_step(opt, None, False, torch.device("cuda"), 8), EagerStep)
+
+
+def _selection_margin_loss(cos, y, n_old, n_seen, K=2, margin=0.5):
+    """The formula as LUCIR's code writes it: select the old-class rows, then rank."""
+    old = y < n_old
+    if not old.any():
+        return torch.tensor(0.0)
+    c = cos[old]
+    gt = c.gather(1, y[old, None])
+    hard = c[:, n_old:n_seen].topk(min(K, n_seen - n_old), dim=1).values
+    return F.relu(margin - gt + hard).mean()
+
+
+@pytest.mark.parametrize("old_rows", [0, 1, 5, 12])
+def test_masked_margin_ranking_equals_the_selection_formula(old_rows):
+    from mnemonics_lib.config import make_config
+    from mnemonics_lib.methods import PhaseContext, get_method
+
+    torch.manual_seed(old_rows)
+    n_old, n_seen, b = 10, 15, 12
+    net = build_net("resnet", n_old, depth=8, width=4, cosine=True)
+    net.head.grow(n_seen - n_old)
+    old_net = copy.deepcopy(net).eval()
+    x = torch.randn(b, 3, 16, 16)
+    y = torch.cat([torch.randint(0, n_old, (old_rows,)), torch.randint(n_old, n_seen, (b - old_rows,))])
+    config = make_config(dataset="synthetic", profile="smoke", method="lucir")
+    ctx = PhaseContext(config, 1, n_old, n_seen, net, old_net, x, y, torch.device("cpu"),
+                       torch.Generator(), {"lucir_lambda": 0.0})
+    lucir = get_method("lucir")
+    net.eval()  # BN from running stats: the two evaluations see the same features
+    got = lucir.loss(ctx, x, y)
+    cos = net.head.cosine(net.features(x))
+    expected = F.cross_entropy(net.head.sigma * cos, y) + _selection_margin_loss(cos, y, n_old, n_seen)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    if old_rows == 0:  # no old-class sample: the ranking term is exactly zero
+        torch.testing.assert_close(got, F.cross_entropy(net.head.sigma * cos, y), rtol=0, atol=0)
