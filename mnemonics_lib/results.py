@@ -175,11 +175,14 @@ def provenance() -> dict[str, Any]:
     import torch  # local: keeps `import mnemonics_lib.results` light for report-only use
 
     extra = {}
-    if commit is None and os.environ.get("MNEMONICS_GIT_COMMIT"):
-        # a copy of a checkout without .git (the lent GPU machine): the launcher names the commit
-        # it copied; whether the copy had uncommitted changes cannot be checked here (None)
-        commit = os.environ["MNEMONICS_GIT_COMMIT"]
-        extra["git_commit_source"] = "MNEMONICS_GIT_COMMIT (a copy of the checkout without .git)"
+    if os.environ.get("MNEMONICS_GIT_COMMIT"):
+        # a copy of a checkout (the lent GPU machine): its .git may be missing or stale (seen
+        # 2026-11-26: HEAD an older commit, so git called the copy dirty), so the commit named by
+        # the launcher wins; whether the copy had uncommitted changes is not checkable here (None)
+        extra["git_commit_source"] = "MNEMONICS_GIT_COMMIT (set by the launcher of a copied checkout)"
+        if commit and commit.strip() != os.environ["MNEMONICS_GIT_COMMIT"]:
+            extra["git_head_in_copy"] = commit.strip()
+        commit, status = os.environ["MNEMONICS_GIT_COMMIT"], None
     if torch.cuda.is_available():  # how training steps ran there (same numerics either way)
         extra["cuda_graphs"] = os.environ.get("MNEMONICS_CUDA_GRAPHS", "1") != "0"
     return {

@@ -248,3 +248,17 @@ def test_a_damaged_source_is_not_copied(tmp_path):
     (src.path / "metrics.json").write_text("{not json")
     assert results.copy_from_other_study(cfg, tmp_path, study="runs", sources=["snapshots"]) is None
     assert not (tmp_path / "runs" / run_dir_name(cfg)).exists()
+
+
+def test_a_launcher_named_commit_wins_over_the_copys_git(monkeypatch):
+    """On the GPU machine the copied checkout's .git was stale (an older HEAD, so 'dirty'): the
+    commit the launcher names is recorded, with the copy's HEAD beside it and dirty unknown."""
+    monkeypatch.undo()
+    monkeypatch.setattr(results, "_git", lambda *a: "0" * 40 + "\n" if a[0] == "rev-parse" else " M x.py\n")
+    monkeypatch.setenv("MNEMONICS_GIT_COMMIT", "c" * 40)
+    env = results.provenance()
+    assert env["git_commit"] == "c" * 40 and env["git_dirty"] is None
+    assert env["git_head_in_copy"] == "0" * 40 and "MNEMONICS_GIT_COMMIT" in env["git_commit_source"]
+    monkeypatch.delenv("MNEMONICS_GIT_COMMIT")
+    env = results.provenance()
+    assert env["git_commit"] == "0" * 40 and env["git_dirty"] is True and "git_commit_source" not in env
