@@ -33,6 +33,23 @@ FLOOR = 5.0  # accuracy points
 CHANCE_AIA = 100 * (1 / 10 + 1 / 12 + 1 / 14 + 1 / 16 + 1 / 18 + 1 / 20) / 6  # 20 classes, B10, 5 phases
 
 
+# first: seconds, where the accuracy tests below take minutes on a shared GPU
+def test_benchmark_runs_on_cuda_at_tiny_sizes():
+    sizes = bench.BenchSizes(n_classes=4, per_class_train=16, per_class_test=2, depth=8, width=8,
+                             batch=16, train_steps=2, warmup_steps=1, repeats=2, eval_images=32,
+                             eval_batch=16, means_classes=4, means_per_class=4, mn_classes=2,
+                             mn_per_class=2, mn_real_batch=8, mn_outer_iters=1, mn_steps=1,
+                             mn_repeats=2, matmul_n=256, matmul_reps=2, workers=2)
+    r = bench.run_benchmark("cuda", sizes=sizes)
+    assert r["stages"]["train"]["ours_precision"] == "bf16 autocast"
+    assert r["stages"]["train"]["ours_step"] == "cuda graph"
+    assert r["stages"]["train"]["ours_step_stats"]["replayed"] >= 1
+    assert r["stages"]["flops"]["matmul_dtype"] == "bfloat16"
+    assert r["stages"]["herding"]["same_indices"] and len(r["stages"]["herding"]["ours_device_s"]) == 2
+    assert r["stages"]["class_means"]["max_abs_diff"] < 1e-4
+    assert r["stages"]["train"]["ours"]["images"] == r["stages"]["train"]["reference"]["images"] == [32, 32]
+
+
 def _aia(amp: bool, seed: int, device: str = "cuda") -> float:
     cfg = make_config(dataset="synthetic", profile="smoke", method="lucir", amp=amp, seed=seed,
                       epochs_override=EPOCHS)
@@ -63,19 +80,3 @@ def test_cuda_graph_steps_match_eager_steps_within_seed_noise(monkeypatch):
     # every LUCIR phase (old model, distillation, masked margin ranking) captured without a fallback
     assert used["failed"] == 0 and used["replayed"] > used["captures"] > 0
     _same_within_seed_noise(graphed, eager, "cuda graphs vs eager")
-
-
-def test_benchmark_runs_on_cuda_at_tiny_sizes():
-    sizes = bench.BenchSizes(n_classes=4, per_class_train=16, per_class_test=2, depth=8, width=8,
-                             batch=16, train_steps=2, warmup_steps=1, repeats=2, eval_images=32,
-                             eval_batch=16, means_classes=4, means_per_class=4, mn_classes=2,
-                             mn_per_class=2, mn_real_batch=8, mn_outer_iters=1, mn_steps=1,
-                             mn_repeats=2, matmul_n=256, matmul_reps=2, workers=2)
-    r = bench.run_benchmark("cuda", sizes=sizes)
-    assert r["stages"]["train"]["ours_precision"] == "bf16 autocast"
-    assert r["stages"]["train"]["ours_step"] == "cuda graph"
-    assert r["stages"]["train"]["ours_step_stats"]["replayed"] >= 1
-    assert r["stages"]["flops"]["matmul_dtype"] == "bfloat16"
-    assert r["stages"]["herding"]["same_indices"] and len(r["stages"]["herding"]["ours_device_s"]) == 2
-    assert r["stages"]["class_means"]["max_abs_diff"] < 1e-4
-    assert r["stages"]["train"]["ours"]["images"] == r["stages"]["train"]["reference"]["images"] == [32, 32]
