@@ -10,15 +10,17 @@ import torch.nn.functional as F
 
 from . import metrics
 from .memory import ExemplarMemory
+from .pipeline import preferred_memory_format
 from .protocol import PhasePlan
 
 
 @torch.inference_mode()
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int) -> torch.Tensor:
-    """fn over batches of x (channels_last, as the model), concatenated in float32."""
+    """fn over batches of x (in the model's layout for x's device), concatenated in float32."""
     if not len(x):
         return x
-    return torch.cat([fn(x[i:i + batch].contiguous(memory_format=torch.channels_last)).float()
+    layout = preferred_memory_format(x.device)
+    return torch.cat([fn(x[i:i + batch].contiguous(memory_format=layout)).float()
                       for i in range(0, len(x), batch)])
 
 

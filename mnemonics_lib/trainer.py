@@ -32,7 +32,8 @@ from .evaluation import evaluate_phase
 from .exemplars import exemplar_stage
 from .memory import ExemplarMemory
 from .methods import Method, PhaseContext, get_method
-from .pipeline import DeviceImages, Normaliser, augment, batch_indices, make_generator
+from .pipeline import (DeviceImages, Normaliser, augment, batch_indices, make_generator,
+                       preferred_memory_format)
 from .steps import make_step
 
 log = logging.getLogger(__name__)
@@ -110,11 +111,11 @@ def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, grou
     pad = ctx.state["_pad"]
     loss_fn = loss_fn or method.loss
     step = make_step(opt, lambda x, y: loss_fn(ctx, x, y), ctx.config.amp, ctx.device, s.batch_size)
+    layout = preferred_memory_format(ctx.device)
     for epoch in tqdm(range(epochs), desc=desc or f"phase {ctx.phase}", leave=False, disable=None):
         ctx.model.train()
         for idx in batch_indices(len(ctx.train_y), s.batch_size, ctx.generator, ctx.device):
-            # channels_last: faster convolutions on CUDA and on recent CPUs (bench.py measures it)
-            x = augment(ctx.train_x[idx], ctx.generator, pad).contiguous(memory_format=torch.channels_last)
+            x = augment(ctx.train_x[idx], ctx.generator, pad).contiguous(memory_format=layout)
             step(x, ctx.train_y[idx])
         sched.step()
         if on_epoch_end is not None:
@@ -148,7 +149,7 @@ def _build_model(config: RunConfig, method: Method, n_base: int, device: torch.d
     torch.manual_seed(config.seed)
     s = config.schedule
     net = build_net("resnet", n_base, depth=s.depth, width=s.width, cosine=method.cosine_head)
-    return net.to(device).to(memory_format=torch.channels_last)
+    return net.to(device).to(memory_format=preferred_memory_format(device))
 
 
 def _frozen_copy(model: IncrementalNet) -> IncrementalNet:

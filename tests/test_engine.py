@@ -3,6 +3,7 @@ methods learning on the synthetic set, exact resume from a phase checkpoint, and
 ledger with a real RunConfig."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,3 +226,33 @@ def test_last_phase_truncates_a_run_to_its_first_phases(tmp_path, monkeypatch):
 def test_last_phase_outside_the_run_is_refused(bad):
     with pytest.raises(ConfigError, match="last_phase"):
         make_config(dataset="synthetic", synthetic_classes=4, phases=2, profile="smoke", last_phase=bad)
+
+
+def test_two_threads_and_an_odd_last_batch_train_on_cpu(tmp_path):
+    """Regression: with the model in channels_last, torch 2.14's CPU weight gradient of the
+    strided 1x1 shortcut convolution corrupted the heap (segfault / 'double free') when 2 threads
+    met an odd batch size, which a phase's last batch often is. The smoke LwF run below crashed
+    in phase 2 every time; the trainer keeps CPU models in NCHW since. In a subprocess, so that a
+    regression fails this test instead of killing the test session."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from mnemonics_lib.pipeline import preferred_memory_format
+
+    assert preferred_memory_format("cpu") == torch.contiguous_format
+    assert preferred_memory_format("cuda") == torch.channels_last
+    code = textwrap.dedent("""
+        import torch
+        torch.set_num_threads(2)
+        from mnemonics_lib.config import make_config
+        from mnemonics_lib.trainer import run_incremental
+        cfg = make_config(dataset="synthetic", profile="smoke", method="lwf", phases=2, seed=1993,
+                          memory_per_class=5)
+        print("AIA", run_incremental(cfg, "cpu", checkpoints=False, share_phase0=False)["aia_cnn"])
+    """)
+    env = {**os.environ, "MNEMONICS_CHECKPOINTS": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, f"rc {r.returncode}: {r.stderr[-2000:]}"
+    assert "AIA" in r.stdout
