@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # One prepared session on a lent GPU machine (H100/H200), sized to end within ~9.5 minutes:
 #   1. alone on the GPU (clean timings): the benchmark and the paper-schedule projection
-#      (scripts/gpu_check.sh, stages bench + projection);
+#      (scripts/gpu_check.sh, stages bench + projection; ~115 s on an H200; TIMING=0 skips it);
 #   2. then side by side until END_AT seconds:
 #      - the gpu-marked tests (accuracy checks: they need no quiet GPU);
 #      - paper-profile runs, caltech100, N = 10 first, LUCIR first (PAPER_MATCH selects them;
-#        default: every method but the mnemonics ones), one process;
+#        default: every method but the mnemonics ones), PAPER_JOBS processes (default 1: one
+#        paper-profile LUCIR run took 420 s beside five other processes on an H200);
 #      - PAPER_MNEMONICS=1: the paper-profile LUCIR w/ mnemonics N = 10 run, one process (its
 #        exemplar stage is not graphed: its log gives the per-phase time even when it cannot finish);
 #      - quick-profile runs the notebooks need (QUICK_MATCH; default: all but mnemonics and
 #        cifar10, whose data cannot travel), JOBS processes, nothing new launched after
 #        QUICK_LIMIT seconds;
 #   3. results/ (new runs, benchmark files) packed into $OUT/results.tgz, logs beside it.
-# Runs are written atomically: a stop at END_AT loses only the runs in flight.
+# Runs are written atomically: a stop at END_AT loses only the runs in flight. What the runs write
+# on the device lives only until the next call copies the tree there again (seen 2026-11-26: a
+# second call on the warm machine no longer had the first call's run folders, but still had the
+# ignored checkpoints/, so an interrupted run resumed): $OUT/results.tgz is the copy that counts.
 # Needs data/caltech101_32 carried with the tree (copy of ../shared/data/caltech101_32), and
 # MNEMONICS_GIT_COMMIT set to the commit the tree was copied from (the copy has no .git).
 # SMALL=1: the same steps at smoke size, to prove the script end to end on a CPU.
@@ -44,11 +48,13 @@ pack() {
 trap pack EXIT
 
 stamp "device: $($PY -c 'import torch;print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", torch.__version__)'); commit ${MNEMONICS_GIT_COMMIT:-unknown}"
-stamp "benchmark and projection, alone on the device"
-GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="bench projection" GPU_CHECK_BUDGET_S=260 GPU_CHECK_TAG=timing \
-    timeout 280 env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_timing.log" 2>&1
-echo "gpu_check timing rc=$?" >> "$OUT/gpu_timing.log"
-grep -E "ratio|projected|rc=|graph" "$OUT/gpu_timing.log" | tail -n 30
+if [ "${TIMING:-1}" = 1 ]; then
+  stamp "benchmark and projection, alone on the device"
+  GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="bench projection" GPU_CHECK_BUDGET_S=260 GPU_CHECK_TAG=timing \
+      timeout 280 env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_timing.log" 2>&1
+  echo "gpu_check timing rc=$?" >> "$OUT/gpu_timing.log"
+  grep -E "ratio|projected|rc=|graph" "$OUT/gpu_timing.log" | tail -n 30
+fi
 
 left() { echo $(( END_AT - $(now) )); }
 stamp "side by side: gpu tests, paper runs, quick runs ($(left)s left)"
@@ -56,7 +62,7 @@ GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="pytest" GPU_CHECK_BUDGET_S=$(( $(left) 
     timeout "$(left)" env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_tests.log" 2>&1 &
 tests_pid=$!
 timeout "$(left)" $PY scripts/study.py results --profile "$PAPER" --only table1 --match "$PAPER_MATCH" \
-    --jobs 1 --threads "$THREADS" --device "$DEVICE" > "$OUT/paper_runs.log" 2>&1 &
+    --jobs "${PAPER_JOBS:-1}" --threads "$THREADS" --device "$DEVICE" > "$OUT/paper_runs.log" 2>&1 &
 paper_pid=$!
 mn_pid=
 if [ "${PAPER_MNEMONICS:-0}" = 1 ]; then
