@@ -98,6 +98,14 @@ def preferred_memory_format(device: torch.device | str) -> torch.memory_format:
     return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
 
 
+def tune_backends(device: torch.device | str) -> None:
+    """cuDNN autotuning on CUDA: the shapes are fixed (32x32, one batch size), so benchmarking
+    the convolution algorithms once pays back at once. The trainer and the benchmark (both of
+    its sides, as the field's codes set it too) call this."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed)

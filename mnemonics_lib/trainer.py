@@ -33,7 +33,7 @@ from .exemplars import exemplar_stage
 from .memory import ExemplarMemory
 from .methods import Method, PhaseContext, get_method
 from .pipeline import (DeviceImages, Normaliser, augment, batch_indices, make_generator,
-                       preferred_memory_format)
+                       preferred_memory_format, tune_backends)
 from .steps import make_step
 
 log = logging.getLogger(__name__)
@@ -187,8 +187,7 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
     that need the model or the exemplars, e.g. the t-SNE notebook, read them there).
     """
     device = torch.device(device) if device is not None else default_device()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: let cuDNN pick its kernels
+    tune_backends(device)
     method = get_method(config.method)
     data = prepare_data(config, device)
     plan = data.plan
