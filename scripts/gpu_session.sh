@@ -9,9 +9,10 @@
 #        paper-profile LUCIR run took 420 s beside five other processes on an H200);
 #      - PAPER_MNEMONICS=1: the paper-profile LUCIR w/ mnemonics N = 10 run, one process (its
 #        exemplar stage is not graphed: its log gives the per-phase time even when it cannot finish);
-#      - quick-profile runs the notebooks need (QUICK_MATCH; default: all but mnemonics and
-#        cifar10, whose data cannot travel), JOBS processes, nothing new launched after
-#        QUICK_LIMIT seconds;
+#      - quick-profile runs the notebooks need (QUICK_MATCH; default: all but cifar10, whose
+#        data cannot travel; mnemonics runs included: at quick, M = 10, their exemplar stage is
+#        ~30 hypergradients per phase, seconds on a GPU), JOBS processes, nothing new launched
+#        after QUICK_LIMIT seconds;
 #   3. results/ (new runs, benchmark files) packed into $OUT/results.tgz, logs beside it.
 # Runs are written atomically: a stop at END_AT loses only the runs in flight. What the runs write
 # on the device lives only until the next call copies the tree there again (seen 2026-11-26: a
@@ -29,13 +30,14 @@ OUT=${OUT:-build/gpu_out}
 mkdir -p "$OUT" results/bench
 SMALL=${SMALL:-0}
 NOT_MN='^(?!.*(mnemonics|cifar10))'
+NOT_CIFAR='^(?!.*cifar10)'
 if [ "$SMALL" = 1 ]; then
   QUICK=smoke; PAPER=smoke; JOBS=${JOBS:-2}; DEVICE=${DEVICE:-cpu}; END_AT=${END_AT:-400}
   QUICK_LIMIT=${QUICK_LIMIT:-120}; QUICK_MATCH=${QUICK_MATCH:-"${NOT_MN}"}; THREADS=${THREADS:-1}
   PAPER_MATCH=${PAPER_MATCH:-"${NOT_MN}.*lucir-"}
 else
   QUICK=quick; PAPER=paper; JOBS=${JOBS:-3}; DEVICE=${DEVICE:-cuda}; END_AT=${END_AT:-530}
-  QUICK_LIMIT=${QUICK_LIMIT:-420}; QUICK_MATCH=${QUICK_MATCH:-$NOT_MN}; THREADS=${THREADS:-2}
+  QUICK_LIMIT=${QUICK_LIMIT:-420}; QUICK_MATCH=${QUICK_MATCH:-$NOT_CIFAR}; THREADS=${THREADS:-2}
 fi
 PAPER_MATCH=${PAPER_MATCH:-"${NOT_MN}.*-N10-"}
 start=$(date +%s)
