@@ -24,7 +24,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 _FILES = ("config.json", "metrics.json", "env.json")
 _TMP_PREFIX = ".tmp-"
+_LOCKS = ".locks"  # per study folder: who is computing which run right now (ignored by git)
 _CORRUPT_MARK = ".corrupt-"
 
 
@@ -291,6 +293,90 @@ def _compute_and_write(
     return record
 
 
+class RunBusyError(RuntimeError):
+    """Another live process is computing this run now: computing it twice would only waste time."""
+
+
+def _lock_holder(lock: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _lock_is_stale(lock: Path, holder: dict[str, Any] | None) -> bool:
+    """A lock whose process is gone (same host, pid not running), or an unreadable one older than
+    a minute (its writer died between creating and filling it). Another host's lock is trusted."""
+    if holder is None:
+        try:
+            return time.time() - lock.stat().st_mtime > 60
+        except OSError:
+            return True
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, OverflowError):
+        return False
+    return False
+
+
+@contextmanager
+def computing_lock(study_dir: Path, name: str) -> Iterator[Path]:
+    """Hold ``study_dir/.locks/<name>.lock`` while a run is computed, so that two processes
+    (two `make results`, a GPU session's profiles side by side) never compute one run twice.
+    Taken with O_EXCL; a stale lock (its process gone) is taken over; a live one raises
+    :class:`RunBusyError`. Released however the computation ends."""
+    lock = study_dir / _LOCKS / f"{name}.lock"
+    took_over = False
+    for _ in range(5):
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileNotFoundError:  # another process removed the empty .locks folder meanwhile
+            continue
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if not took_over and _lock_is_stale(lock, holder):
+                logger.warning("taking over the stale lock %s (%s)", lock, holder)
+                lock.unlink(missing_ok=True)
+                took_over = True
+                continue
+            who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started_utc')}"
+                   if holder else "an unknown process")
+            raise RunBusyError(f"{study_dir.name}/{name} is being computed by {who}; wait for it, or "
+                               f"delete {lock} if that process no longer runs") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started_utc": _utc_now()}, f)
+        break
+    else:
+        raise RunBusyError(f"could not create {lock}")
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+        try:
+            lock.parent.rmdir()  # only when empty: results/ keeps no trace of finished runs
+        except OSError:
+            pass
+
+
+def _load_if_valid(final: Path, config_hash: str) -> RunRecord | None:
+    """The cached run at ``final``; an invalid folder is moved aside (never deleted) -> None."""
+    if not final.exists():
+        return None
+    try:
+        record = _read_run(final, config_hash)
+    except InvalidRunError as e:
+        aside = _move_aside(final)
+        logger.warning("invalid run directory (%s); moved to %s, recomputing", e, aside)
+        return None
+    logger.info("loaded cached run %s", final)
+    return record
+
+
 def run_or_load(
     config: RunConfig,
     compute: Callable[[RunConfig], dict],
@@ -301,21 +387,20 @@ def run_or_load(
     """Load ``root/study/<run_dir_name(config)>`` if valid, else ``compute(config)`` and store it.
 
     ``compute(config) -> metrics`` must return a JSON-able dict with a ``per_phase``
-    list.  An invalid existing directory is moved aside (never loaded, never deleted).
+    list.  An invalid existing directory is moved aside (never loaded, never deleted). While it
+    computes, the run is locked (:func:`computing_lock`): a second process asking for the same run
+    gets :class:`RunBusyError` instead of computing it again.
     """
     study_dir = Path(root) / study
     study_dir.mkdir(parents=True, exist_ok=True)
     final = study_dir / run_dir_name(config)
-    if final.exists():
-        try:
-            record = _read_run(final, config.config_hash())
-        except InvalidRunError as e:
-            aside = _move_aside(final)
-            logger.warning("invalid run directory (%s); moved to %s, recomputing", e, aside)
-        else:
-            logger.info("loaded cached run %s", final)
-            return record
-    return _compute_and_write(config, compute, final)
+    record = _load_if_valid(final, config.config_hash())
+    if record is not None:
+        return record
+    with computing_lock(study_dir, final.name):
+        # another process may have published it between the check above and the lock
+        record = _load_if_valid(final, config.config_hash())
+        return record if record is not None else _compute_and_write(config, compute, final)
 
 
 def require_cached(
@@ -408,7 +493,8 @@ def load_results(root: str | os.PathLike[str], study: str = "runs") -> pd.DataFr
     rows: list[dict[str, Any]] = []
     if study_dir.is_dir():
         for path in sorted(study_dir.iterdir()):
-            if not path.is_dir() or path.name.startswith(_TMP_PREFIX) or _CORRUPT_MARK in path.name:
+            if (not path.is_dir() or path.name.startswith(_TMP_PREFIX) or path.name == _LOCKS
+                    or _CORRUPT_MARK in path.name):
                 continue
             try:
                 rows.extend(_rows(_read_run(path, None)))

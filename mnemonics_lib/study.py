@@ -523,7 +523,7 @@ def select_tasks(tasks: Sequence[Task], only: Iterable[str] | None) -> list[Task
 @dataclass
 class Outcome:
     task: Task
-    status: str  # cached | copied | computed | missing | failed | skipped
+    status: str  # cached | copied | computed | missing | busy | failed | skipped
     record: Any = None  # results.RunRecord
     error: str | None = None
     wall_s: float = 0.0
@@ -581,7 +581,8 @@ def run_tasks(tasks: Sequence[Task], root: str | os.PathLike, device: str | None
     task per worker at a time; safe because the ledger publishes runs atomically).
 
     ``time_limit`` (seconds): no new computation starts after it; those tasks come back
-    ``skipped``. Failures come back ``failed`` with the error text (the others still run).
+    ``skipped``. Failures come back ``failed`` with the error text (the others still run); a run
+    another process is computing right now comes back ``busy``.
     Returns one :class:`Outcome` per task, in the order given.
     """
     from . import results
@@ -621,6 +622,9 @@ def run_tasks(tasks: Sequence[Task], root: str | os.PathLike, device: str | None
             try:
                 rec = compute_task(t, root, device)
                 outcomes[t.key] = Outcome(t, "computed", rec, wall_s=time.perf_counter() - t0)
+            except results.RunBusyError as e:  # another process computes it: not a failure
+                outcomes[t.key] = Outcome(t, "busy", error=str(e))
+                say(f"BUSY {t.describe()}: {e}")
             except Exception as e:  # noqa: BLE001 - reported per task, the batch goes on
                 log.exception("task %s failed", t.describe())
                 outcomes[t.key] = Outcome(t, "failed", error=f"{type(e).__name__}: {e}")
@@ -630,6 +634,8 @@ def run_tasks(tasks: Sequence[Task], root: str | os.PathLike, device: str | None
 
 
 def _run_pool(todo, outcomes, root, device, jobs, threads, expired, say) -> None:
+    from . import results
+
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     queue = list(todo)
     ctx = multiprocessing.get_context("spawn")
@@ -651,6 +657,9 @@ def _run_pool(todo, outcomes, root, device, jobs, threads, expired, say) -> None
                     rec, wall = fut.result()
                     outcomes[t.key] = Outcome(t, "computed", rec, wall_s=wall)
                     say(f"done {t.describe()} in {wall:.0f}s")
+                except results.RunBusyError as e:
+                    outcomes[t.key] = Outcome(t, "busy", error=str(e))
+                    say(f"BUSY {t.describe()}: {e}")
                 except Exception as e:  # noqa: BLE001
                     outcomes[t.key] = Outcome(t, "failed", error=f"{type(e).__name__}: {e}")
                     say(f"FAILED {t.describe()}: {type(e).__name__}: {e}")

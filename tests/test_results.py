@@ -4,6 +4,9 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import pytest
@@ -262,3 +265,62 @@ def test_a_launcher_named_commit_wins_over_the_copys_git(monkeypatch):
     monkeypatch.delenv("MNEMONICS_GIT_COMMIT")
     env = results.provenance()
     assert env["git_commit"] == "0" * 40 and env["git_dirty"] is True and "git_commit_source" not in env
+
+
+# --------------------------------------------------------------------------- the computing lock
+def _lock_file(root, cfg, study="runs"):
+    return Path(root) / study / ".locks" / f"{run_dir_name(cfg)}.lock"
+
+
+def test_a_run_being_computed_elsewhere_is_busy_not_computed_twice(tmp_path):
+    cfg = FakeConfig(seed=11)
+    lock = _lock_file(tmp_path, cfg)
+    lock.parent.mkdir(parents=True)
+    # a live holder: this very process, as another worker on this host would be
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_utc": "x"}))
+    calls = []
+    with pytest.raises(results.RunBusyError, match=f"pid {os.getpid()}"):
+        run_or_load(cfg, lambda c: calls.append(c) or fake_metrics(c), tmp_path)
+    assert calls == [] and lock.exists()  # nothing computed, the holder's lock untouched
+
+
+def test_a_stale_lock_is_taken_over_and_every_lock_is_released(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = FakeConfig(seed=12)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = _lock_file(tmp_path, cfg)
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started_utc": "x"}))
+    seen = []
+
+    def compute(c):
+        seen.append(json.loads(lock.read_text())["pid"])  # held by us while computing
+        return fake_metrics(c)
+
+    rec = run_or_load(cfg, compute, tmp_path)
+    assert seen == [os.getpid()] and not lock.exists() and rec.metrics["aia_cnn"] == fake_metrics(cfg)["aia_cnn"]
+
+    def boom(c):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_or_load(FakeConfig(seed=13), boom, tmp_path)
+    assert not _lock_file(tmp_path, FakeConfig(seed=13)).exists()
+    assert load_results(tmp_path).run_id.nunique() == 1  # the .locks folder is not a run
+
+
+def test_run_tasks_reports_a_busy_run_and_goes_on(tmp_path):
+    from mnemonics_lib import study
+    from mnemonics_lib.config import make_config
+
+    busy, free = (make_config(dataset="synthetic", profile="smoke", method="lwf", seed=s, epochs_override=1)
+                  for s in (1, 2))
+    lock = _lock_file(tmp_path, busy)
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_utc": "x"}))
+    outs = study.run_tasks([study.Task(busy), study.Task(free)], tmp_path, device="cpu")
+    assert [o.status for o in outs] == ["busy", "computed"]
+    assert "being computed by pid" in outs[0].error
