@@ -30,6 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .steps import TOTALS as GRAPH_TOTALS
+from .steps import CudaGraphBackend, cuda_graphs_enabled
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -236,8 +239,6 @@ class HypergradientReplay:
 
     def __init__(self, model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                  ex_y: Tensor, settings: BilevelSettings, backend=None):
-        from .steps import CudaGraphBackend
-
         self.model, self.params, self.buffers = model, params, buffers
         self.ex_y, self.settings = ex_y, settings
         self.backend = backend or CudaGraphBackend()
@@ -258,10 +259,8 @@ class HypergradientReplay:
         self._out = self._compute(self._ex, self._bx, self._by)
 
     def _count(self, what: str) -> None:
-        from .steps import TOTALS
-
         self.stats[what] += 1
-        TOTALS[f"hypergradient_{what}"] += 1
+        GRAPH_TOTALS[f"hypergradient_{what}"] += 1
 
     def _eager(self, ex: Tensor, real_x: Tensor, real_y: Tensor) -> tuple[Tensor, Tensor]:
         self._count("eager")
@@ -281,9 +280,7 @@ class HypergradientReplay:
             except RuntimeError as e:
                 log.warning("CUDA graph capture of the hypergradient failed (%s); eager from here", e)
                 self._failed, self._graph = True, None
-                from .steps import TOTALS
-
-                TOTALS["hypergradient_failed"] += 1
+                GRAPH_TOTALS["hypergradient_failed"] += 1
                 return self._eager(ex, real_x, real_y)
             self._count("captures")
         self._ex.copy_(ex)
@@ -324,8 +321,6 @@ def _check_inputs(ex_x: Tensor, ex_y: Tensor, real_x: Tensor, real_y: Tensor) ->
 
 def _replay_for(model, params, buffers, ex_y, settings, device, backend) -> "HypergradientReplay | None":
     """The graphed executor where it applies (CUDA with graphs on, or a test's backend)."""
-    from .steps import cuda_graphs_enabled
-
     if backend is None and not cuda_graphs_enabled(device):
         return None
     return HypergradientReplay(model, params, buffers, ex_y, settings, backend)

@@ -21,7 +21,8 @@ What a captured step needs, and how :class:`GraphStep` provides it:
 * autocast's weight-cast cache cannot live across graph replays, so it is disabled inside capture.
 
 The graph backend is injectable so that the capture/replay bookkeeping is tested on a CPU
-(tests/test_steps.py) with a recorder that replays the recorded step function.
+(tests/test_steps.py) with a recorder that replays the recorded step function. The same backend
+and switch serve the mnemonics hypergradients (``bilevel.HypergradientReplay``).
 """
 from __future__ import annotations
 
