@@ -39,9 +39,10 @@ from .backbones import build_net
 from .datasets import ArrayData, load_dataset, make_synthetic
 from .evaluation import class_means
 from .memory import herding_reference, herding_selection
-from .pipeline import DeviceImages, Normaliser, augment, batch_indices, make_generator, tune_backends
+from .pipeline import (DeviceImages, Normaliser, augment, batch_indices, make_generator,
+                       preferred_memory_format, tune_backends)
 from .steps import TOTALS as GRAPH_TOTALS
-from .steps import EagerStep, GraphStep, cuda_graphs_enabled, make_step
+from .steps import EagerStep, GraphStep, cuda_graphs_enabled, eager_step, make_step
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +167,8 @@ def _sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 def _sgd_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
               amp: bool) -> None:
-    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
-        loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    """One eager cross-entropy step, as the field's codes take it (the reference's step)."""
+    eager_step(opt, lambda a, b: F.cross_entropy(model(a), b), amp, x.device.type, x, y)
 
 
 class OursTrain:
@@ -186,7 +184,8 @@ class OursTrain:
                  amp: bool, seed: int = 0, channels_last: bool | None = None, graphs: bool = True):
         self.model, self.images, self.norm, self.amp = model, images, norm, amp
         self.device = images.x.device
-        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
+        trainer_layout = preferred_memory_format(self.device) == torch.channels_last
+        self.channels_last = trainer_layout if channels_last is None else channels_last
         self.opt = _sgd(model)
         loss = lambda x, y: F.cross_entropy(model(x), y)  # noqa: E731
         self.step = (make_step(self.opt, loss, amp, self.device, batch) if graphs
@@ -714,8 +713,7 @@ def paper_projection(device: torch.device | str | None = None, sizes: Projection
     norm = Normaliser.create(data.mean, data.std, device)
     torch.manual_seed(config.seed)
     model = build_net("resnet", plan.ends[0], depth=s.depth, width=s.width, cosine=True).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=preferred_memory_format(device))  # as the trainer builds it
     state: dict[str, Any] = {"_pad": norm.pixel_range[0]}
     gen, memory = make_generator(0, device), ExemplarMemory()
 

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .steps import TOTALS as GRAPH_TOTALS
-from .steps import CudaGraphBackend, cuda_graphs_enabled
+from .steps import GraphReplay, cuda_graphs_enabled
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +214,20 @@ def hypergradient(
         own_params, own_buffers = model_state(model)
         params = own_params if params is None else params
         buffers = own_buffers if buffers is None else buffers
+    grad, loss = _hypergradient_tensors(model, params, buffers, ex_x, ex_y, real_x, real_y, settings)
+    return grad, float(loss)
+
+
+def _hypergradient_tensors(model, params, buffers, ex_x, ex_y, real_x, real_y, settings
+                           ) -> tuple[Tensor, Tensor]:
+    """(d outer loss / d ex_x, detached outer loss) as tensors: no host synchronisation."""
     ex = ex_x.detach().requires_grad_(True)
     loss = unrolled_outer_loss(model, params, buffers, ex, ex_y, real_x, real_y, settings)
     (grad,) = torch.autograd.grad(loss, ex)
-    return grad, float(loss.detach())
+    return grad, loss.detach()
 
 
-class HypergradientReplay:
+class HypergradientReplay(GraphReplay):
     """:func:`hypergradient` for one outer loop, whose shapes never change: on CUDA the whole
     computation (K unrolled inner steps, the outer loss, the double backward) is captured once
     as a CUDA graph and replayed for every later outer iteration.
@@ -232,35 +238,25 @@ class HypergradientReplay:
 
     The first call runs eagerly (a warm-up on a side stream, as the capture recipe asks); the
     second captures; the rest replay. ``backend`` is :class:`~mnemonics_lib.steps.CudaGraphBackend`
-    by default and injectable for tests. A capture that fails falls back to eager calls for the
-    rest of this outer loop (slower, never wrong). Returns ``(grad, loss)`` as device tensors;
+    by default and injectable for tests; the counting and the fallback to eager calls when a
+    capture fails come from :class:`~mnemonics_lib.steps.GraphReplay`. Returns ``(grad, loss)`` as device tensors;
     ``grad`` is overwritten by the next call, so use it before calling again.
     """
 
     def __init__(self, model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                  ex_y: Tensor, settings: BilevelSettings, backend=None):
+        super().__init__(backend, prefix="hypergradient_")
         self.model, self.params, self.buffers = model, params, buffers
         self.ex_y, self.settings = ex_y, settings
-        self.backend = backend or CudaGraphBackend()
-        self._graph = None
-        self._failed = False
         self._ex = self._bx = self._by = None
         self._out: tuple[Tensor, Tensor] | None = None
-        self.stats = {"eager": 0, "replayed": 0, "captures": 0}
 
     def _compute(self, ex_x: Tensor, real_x: Tensor, real_y: Tensor) -> tuple[Tensor, Tensor]:
-        ex = ex_x.detach().requires_grad_(True)
-        loss = unrolled_outer_loss(self.model, self.params, self.buffers, ex, self.ex_y, real_x, real_y,
-                                   self.settings)
-        (grad,) = torch.autograd.grad(loss, ex)
-        return grad, loss.detach()
+        return _hypergradient_tensors(self.model, self.params, self.buffers, ex_x, self.ex_y, real_x, real_y,
+                                      self.settings)
 
     def _recorded(self) -> None:
         self._out = self._compute(self._ex, self._bx, self._by)
-
-    def _count(self, what: str) -> None:
-        self.stats[what] += 1
-        GRAPH_TOTALS[f"hypergradient_{what}"] += 1
 
     def _eager(self, ex: Tensor, real_x: Tensor, real_y: Tensor) -> tuple[Tensor, Tensor]:
         self._count("eager")
@@ -275,14 +271,8 @@ class HypergradientReplay:
                 self.backend.warm(lambda: out.append(self._eager(ex, real_x, real_y)))
                 return out[0]
             self._ex, self._bx, self._by = ex.clone(), real_x.clone(), real_y.clone()
-            try:
-                self._graph = self.backend.capture(self._recorded)
-            except RuntimeError as e:
-                log.warning("CUDA graph capture of the hypergradient failed (%s); eager from here", e)
-                self._failed, self._graph = True, None
-                GRAPH_TOTALS["hypergradient_failed"] += 1
+            if not self._capture(self._recorded, "the hypergradient"):
                 return self._eager(ex, real_x, real_y)
-            self._count("captures")
         self._ex.copy_(ex)
         self._bx.copy_(real_x)
         self._by.copy_(real_y)

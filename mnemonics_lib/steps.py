@@ -48,12 +48,23 @@ def cuda_graphs_enabled(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("MNEMONICS_CUDA_GRAPHS", "1") != "0"
 
 
-def _autocast(device_type: str, amp: bool, cache: bool = True):
+def bf16_autocast(device_type: str, amp: bool, cache: bool = True):
+    """bf16 autocast when ``amp`` (CPU or CUDA); ``cache=False`` inside a graph capture."""
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=amp, cache_enabled=cache)
 
 
-class EagerStep:
+def eager_step(opt: torch.optim.Optimizer, loss_fn: LossFn, amp: bool, device_type: str,
+               x: torch.Tensor, y: torch.Tensor, set_to_none: bool = True) -> None:
     """forward + loss, backward, optimiser step: one Python-driven kernel launch at a time."""
+    with bf16_autocast(device_type, amp):
+        loss = loss_fn(x, y)
+    opt.zero_grad(set_to_none=set_to_none)
+    loss.backward()
+    opt.step()
+
+
+class EagerStep:
+    """:func:`eager_step` with its optimiser, loss and precision bound."""
 
     graphed = False
 
@@ -61,11 +72,7 @@ class EagerStep:
         self.opt, self.loss_fn, self.amp, self.device_type = opt, loss_fn, amp, device_type
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        with _autocast(self.device_type, self.amp):
-            loss = self.loss_fn(x, y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        eager_step(self.opt, self.loss_fn, self.amp, self.device_type, x, y)
 
 
 class CudaGraphBackend:
@@ -85,32 +92,52 @@ class CudaGraphBackend:
         return graph
 
 
-class GraphStep:
+class GraphReplay:
+    """What every captured-and-replayed computation shares: the backend, ``stats`` (``eager``,
+    ``replayed``, ``captures``, also added to :data:`TOTALS` under ``prefix``), and a capture that
+    falls back to eager execution for the rest of the object's life when it fails (an op a graph
+    cannot hold): slower, never wrong."""
+
+    def __init__(self, backend, prefix: str = ""):
+        self.backend = backend or CudaGraphBackend()
+        self._prefix = prefix
+        self._graph = None
+        self._failed = False
+        self.stats = {"eager": 0, "replayed": 0, "captures": 0}
+
+    def _count(self, what: str) -> None:
+        self.stats[what] += 1
+        TOTALS[self._prefix + what] += 1
+
+    def _capture(self, fn: Callable[[], None], what: str) -> bool:
+        """Capture ``fn`` as the graph to replay; False (and eager from now on) if that fails."""
+        try:
+            self._graph = self.backend.capture(fn)
+        except RuntimeError as e:  # e.g. an op that synchronises with the host
+            log.warning("CUDA graph capture of %s failed (%s); eager from here", what, e)
+            self._failed, self._graph = True, None
+            TOTALS[self._prefix + "failed"] += 1
+            return False
+        self._count("captures")
+        return True
+
+
+class GraphStep(GraphReplay):
     """A training step captured once per learning rate and replayed for every full batch.
 
-    ``stats`` counts what happened (``eager``, ``replayed``, ``captures``) so that tests and
-    benchmarks can see that the graph was used. A capture that fails (an op a graph cannot hold)
-    is logged and the step falls back to eager execution for the rest of its life: slower, never
-    wrong.
+    ``stats`` shows tests and benchmarks that the graph was used.
     """
 
     graphed = True
 
     def __init__(self, opt: torch.optim.Optimizer, loss_fn: LossFn, amp: bool, device_type: str,
                  batch_size: int, warmup: int = 3, backend=None):
+        super().__init__(backend)
         self.opt, self.loss_fn, self.amp, self.device_type = opt, loss_fn, amp, device_type
         self.batch_size, self.warmup = batch_size, warmup
-        self.backend = backend or CudaGraphBackend()
-        self._graph = None
         self._lrs: tuple[float, ...] | None = None
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
-        self._failed = False
-        self.stats = {"eager": 0, "replayed": 0, "captures": 0}
-
-    def _count(self, what: str) -> None:
-        self.stats[what] += 1
-        TOTALS[what] += 1
 
     def _current_lrs(self) -> tuple[float, ...]:
         return tuple(float(g["lr"]) for g in self.opt.param_groups)
@@ -118,29 +145,14 @@ class GraphStep:
     def _eager(self, x: torch.Tensor, y: torch.Tensor, keep_grads: bool) -> None:
         # keep_grads: after a capture the gradients live in the graph's memory pool; zeroing them
         # in place (instead of dropping them) keeps every tensor the graph recorded where it is
-        with _autocast(self.device_type, self.amp):
-            loss = self.loss_fn(x, y)
-        self.opt.zero_grad(set_to_none=not keep_grads)
-        loss.backward()
-        self.opt.step()
+        eager_step(self.opt, self.loss_fn, self.amp, self.device_type, x, y, set_to_none=not keep_grads)
         self._count("eager")
 
     def _recorded_step(self) -> None:
-        with _autocast(self.device_type, self.amp, cache=False):
+        with bf16_autocast(self.device_type, self.amp, cache=False):
             loss = self.loss_fn(self._x, self._y)
         loss.backward()
         self.opt.step()
-
-    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if self._x is None:
-            self._x, self._y = torch.empty_like(x), torch.empty_like(y)
-        self._x.copy_(x)
-        self._y.copy_(y)
-        self._graph = None  # the previous learning rate's graph and its memory pool go
-        self.opt.zero_grad(set_to_none=True)  # the graph allocates (and then owns) the gradients
-        self._graph = self.backend.capture(self._recorded_step)
-        self._lrs = self._current_lrs()
-        self._count("captures")
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self._failed or x.shape[0] != self.batch_size:
@@ -150,14 +162,14 @@ class GraphStep:
             if self.stats["eager"] < self.warmup and self._graph is None:
                 self.backend.warm(lambda: self._eager(x, y, keep_grads=False))
                 return
-            try:
-                self._capture(x, y)
-            except RuntimeError as e:  # e.g. an op that synchronises with the host
-                log.warning("CUDA graph capture failed (%s); training this phase eagerly", e)
-                self._failed, self._graph = True, None
-                TOTALS["failed"] += 1
+            if self._x is None:
+                self._x, self._y = torch.empty_like(x), torch.empty_like(y)
+            self._graph = None  # the previous learning rate's graph and its memory pool go
+            self.opt.zero_grad(set_to_none=True)  # the graph allocates (and then owns) the gradients
+            if not self._capture(self._recorded_step, "the training step"):
                 self._eager(x, y, keep_grads=False)
                 return
+            self._lrs = self._current_lrs()
         self._x.copy_(x)
         self._y.copy_(y)
         self._graph.replay()

@@ -34,7 +34,7 @@ from .memory import ExemplarMemory
 from .methods import Method, PhaseContext, get_method
 from .pipeline import (DeviceImages, Normaliser, augment, batch_indices, make_generator,
                        preferred_memory_format, tune_backends)
-from .steps import make_step
+from .steps import bf16_autocast, make_step
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,6 @@ def phase0_key(config: RunConfig, method: Method) -> str:
     fields.update(schedule=config.schedule.__dict__, cosine=method.cosine_head, loss=method.phase0_loss,
                   n_base=protocol.phase_plan(config).ends[0], version=1)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:16]
-
-
-def _autocast(config: RunConfig, device: torch.device):
-    """bf16 autocast when ``config.amp`` (part of the hash: it changes numerics), CPU or CUDA."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp)
 
 
 def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, groups: list[dict],
@@ -286,7 +281,7 @@ def _evaluate(config, method, ctx, data, memory, p) -> dict[str, Any]:
     te = data.test.select(list(range(n_seen)))
     tr = data.train.select(list(range(n_seen)))
     state = ctx.state
-    with _autocast(config, ctx.device):
+    with bf16_autocast(ctx.device.type, config.amp):  # config.amp is hashed: it changes numerics
         return evaluate_phase(
             model=ctx.model, logits_fn=lambda b: method.logits(state, ctx.model, b),
             test_x=data.norm(data.test.x[te]), test_y=data.test.y[te], memory=memory,

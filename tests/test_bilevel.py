@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from graph_recorder import Recorder
 from mnemonics_lib.bilevel import (
     BilevelSettings,
     adjust_old_exemplars,
@@ -359,30 +360,6 @@ def test_mnemonics_beats_herding_when_class_means_mislead():
 
 
 # --------------------------------------------------------------------------- graphed hypergradients
-class _Replayed:
-    def __init__(self, fn):
-        self.fn = fn
-
-    def replay(self):
-        self.fn()
-
-
-class _RecorderBackend:
-    """Stands in for CUDA graphs on a CPU: capture records the function, replay re-runs it."""
-
-    def __init__(self, fail: bool = False):
-        self.fail, self.captured = fail, 0
-
-    def warm(self, fn):
-        fn()
-
-    def capture(self, fn):
-        if self.fail:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        self.captured += 1
-        return _Replayed(fn)
-
-
 @pytest.mark.parametrize("bn_mode", ["eval", "train"])
 def test_replayed_hypergradients_give_the_eager_exemplars_exactly(bn_mode):
     """The capture/replay bookkeeping (static inputs copied in, outputs read back) changes no
@@ -397,13 +374,13 @@ def test_replayed_hypergradients_give_the_eager_exemplars_exactly(bn_mode):
         net, ex_x, ex_y, real_x, real_y, s, generator=torch.Generator().manual_seed(0),
         graph_backend=backend, callback=lambda i, loss: losses[key].append(loss))
     eager = run(None, "eager")
-    backend = _RecorderBackend()
+    backend = Recorder()
     replayed = run(backend, "replayed")
     assert torch.equal(eager, replayed)
     assert losses["eager"] == losses["replayed"]
     assert backend.captured == 1
     params, buffers = model_state(net)
-    h = HypergradientReplay(net, params, buffers, ex_y, s, _RecorderBackend())
+    h = HypergradientReplay(net, params, buffers, ex_y, s, Recorder())
     for _ in range(4):
         h(ex_x, real_x[:5], real_y[:5])
     assert h.stats == {"eager": 1, "replayed": 3, "captures": 1}
@@ -416,5 +393,5 @@ def test_a_failed_hypergradient_capture_falls_back_to_eager():
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     eager = optimise_exemplars(net, ex_x, ex_y, real_x, real_y, s, generator=gen())
     fallback = optimise_exemplars(net, ex_x, ex_y, real_x, real_y, s, generator=gen(),
-                                  graph_backend=_RecorderBackend(fail=True))
+                                  graph_backend=Recorder(fail=True))
     assert torch.equal(eager, fallback)

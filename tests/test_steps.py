@@ -11,30 +11,7 @@ import torch.nn.functional as F
 from mnemonics_lib.backbones import build_net
 from mnemonics_lib.steps import EagerStep, GraphStep, make_step
 
-
-class RecordedGraph:
-    """Stands in for a CUDA graph: ``replay`` re-runs the recorded step function. As in a real
-    whole-step graph, a replayed backward writes fresh gradients (it does not accumulate)."""
-
-    def __init__(self, fn, params):
-        self.fn, self.params = fn, params
-
-    def replay(self):
-        for p in self.params:
-            p.grad = None
-        self.fn()
-
-
-class Recorder:
-    def __init__(self, params):
-        self.params, self.captured = params, 0
-
-    def warm(self, fn):
-        fn()
-
-    def capture(self, fn):
-        self.captured += 1
-        return RecordedGraph(fn, self.params)  # capture records; it does not execute
+from graph_recorder import Recorder
 
 
 def _train(model, make, sizes, epochs=4, milestones=(1, 3)):
@@ -80,16 +57,12 @@ def test_graph_step_captures_again_when_the_learning_rate_changes():
 
 
 def test_a_failed_capture_falls_back_to_eager_training():
-    class Broken(Recorder):
-        def capture(self, fn):
-            raise RuntimeError("operation not permitted when stream is capturing")
-
     torch.manual_seed(2)
     eager_model = build_net("resnet", 5, depth=8, width=4)
     model = copy.deepcopy(eager_model)
     _train(eager_model, lambda opt, f: EagerStep(opt, f, False, "cpu"), [8, 8, 8])
     step = _train(model, lambda opt, f: GraphStep(opt, f, False, "cpu", 8, warmup=1,
-                                                   backend=Broken(list(model.parameters()))), [8, 8, 8])
+                                                   backend=Recorder(model.parameters(), fail=True)), [8, 8, 8])
     assert step.stats["replayed"] == 0 and step.stats["eager"] == 12
     for a, b in zip(eager_model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
