@@ -187,6 +187,8 @@ def provenance() -> dict[str, Any]:
         commit, status = os.environ["MNEMONICS_GIT_COMMIT"], None
     if torch.cuda.is_available():  # how training steps ran there (same numerics either way)
         extra["cuda_graphs"] = os.environ.get("MNEMONICS_CUDA_GRAPHS", "1") != "0"
+    else:  # compiled CPU backbones (steps.cpu_compile_enabled): fused kernels, same arithmetic
+        extra["cpu_compile"] = os.environ.get("MNEMONICS_CPU_COMPILE", "1") != "0"
     return {
         "git_commit": commit.strip() if commit else None,
         "git_dirty": bool(status.strip()) if status is not None else None,

@@ -34,7 +34,7 @@ from .memory import ExemplarMemory
 from .methods import Method, PhaseContext, get_method
 from .pipeline import (DeviceImages, Normaliser, augment, batch_indices, make_generator,
                        preferred_memory_format, tune_backends)
-from .steps import bf16_autocast, make_step
+from .steps import bf16_autocast, compiled_backbones, cpu_compile_enabled, make_step
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, grou
                  loss_fn=None, desc: str = "", on_epoch_end: Callable[[int], None] | None = None) -> None:
     """SGD with momentum, step decay at the schedule's milestone fractions, batched on-device
     augmentation; no host synchronisation inside the step loop. On CUDA each full batch replays
-    a captured CUDA graph of the step (:mod:`mnemonics_lib.steps`). ``on_epoch_end(epoch)`` is
+    a captured CUDA graph of the step; on CPU the backbones are compiled for the duration of the
+    call (:mod:`mnemonics_lib.steps`). ``on_epoch_end(epoch)`` is
     called after each epoch (the benchmark times epochs with it)."""
     s = ctx.config.schedule
     opt = torch.optim.SGD(groups, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
@@ -105,16 +106,18 @@ def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, grou
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=s.gamma)
     pad = ctx.state["_pad"]
     loss_fn = loss_fn or method.loss
-    step = make_step(opt, lambda x, y: loss_fn(ctx, x, y), ctx.config.amp, ctx.device, s.batch_size)
     layout = preferred_memory_format(ctx.device)
-    for epoch in tqdm(range(epochs), desc=desc or f"phase {ctx.phase}", leave=False, disable=None):
-        ctx.model.train()
-        for idx in batch_indices(len(ctx.train_y), s.batch_size, ctx.generator, ctx.device):
-            x = augment(ctx.train_x[idx], ctx.generator, pad).contiguous(memory_format=layout)
-            step(x, ctx.train_y[idx])
-        sched.step()
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
+    with compiled_backbones([ctx.model, ctx.old_model], cpu_compile_enabled(ctx.device)) as compiled:
+        step = make_step(opt, lambda x, y: loss_fn(ctx, x, y), ctx.config.amp, ctx.device, s.batch_size,
+                         compiled)
+        for epoch in tqdm(range(epochs), desc=desc or f"phase {ctx.phase}", leave=False, disable=None):
+            ctx.model.train()
+            for idx in batch_indices(len(ctx.train_y), s.batch_size, ctx.generator, ctx.device):
+                x = augment(ctx.train_x[idx], ctx.generator, pad).contiguous(memory_format=layout)
+                step(x, ctx.train_y[idx])
+            sched.step()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
 
 
 def balanced_finetune(ctx: PhaseContext, method: Method, memory: ExemplarMemory) -> None:

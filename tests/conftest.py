@@ -16,6 +16,18 @@ def _checkpoints_in_tmp(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _eager_cpu_steps():
+    """The trainer compiles its backbones on CPU (steps.cpu_compile_enabled): worth it for a
+    10-minute run, not for the suite's hundreds of seconds-long ones (each new network shape
+    compiles anew). Set in the environment, so notebook and study subprocesses inherit it;
+    tests/test_steps.py switches it on where compilation itself is tested."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MNEMONICS_CPU_COMPILE", "0")
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """The test machines are 2 shared cores: intra-op threads spinning against another process
     make a tiny network's step ~30x slower than one thread does."""

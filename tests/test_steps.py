@@ -1,5 +1,6 @@
-"""The CUDA-graph step executor's bookkeeping, tested on the CPU with a recorder backend, and the
-graph-safe (masked) LUCIR margin-ranking loss against the selection-based formula."""
+"""The CUDA-graph step executor's bookkeeping, tested on the CPU with a recorder backend; the
+compiled CPU step against the eager one; and the graph-safe (masked) LUCIR margin-ranking loss
+against the selection-based formula."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mnemonics_lib.backbones import build_net
-from mnemonics_lib.steps import EagerStep, GraphStep, make_step
+from mnemonics_lib.steps import CompiledStep, EagerStep, GraphStep, compiled_backbones, make_step
 
 from graph_recorder import Recorder
 
@@ -68,9 +69,59 @@ def test_a_failed_capture_falls_back_to_eager_training():
         assert torch.equal(a, b)
 
 
+def test_compiled_step_trains_like_the_eager_step_and_compiles_one_graph():
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(3)
+    eager_model = build_net("resnet", 5, depth=8, width=4)
+    model = copy.deepcopy(eager_model)
+    sizes = [8, 8, 8, 5]
+    _train(eager_model, lambda opt, f: EagerStep(opt, f, False, "cpu"), sizes, epochs=2, milestones=(1,))
+    graphs_before = counters["stats"]["unique_graphs"]
+    with compiled_backbones([model], True) as compiled:
+        assert compiled and model.backbone._compiled_call_impl is not None
+        step = _train(model, lambda opt, f: make_step(opt, f, False, torch.device("cpu"), 8, compiled),
+                      sizes, epochs=2, milestones=(1,))
+    assert isinstance(step, CompiledStep)
+    assert step.stats == {"compiled": 6, "eager": 2}  # the 5-sample batches ran eagerly ...
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1  # ... so no dynamic-shape graph
+    assert model.backbone._compiled_call_impl is None  # eager again after the block
+    for (name, a), b in zip(eager_model.state_dict().items(), model.state_dict().values()):
+        # fused kernels round differently; 8 SGD steps at lr 0.1 keep that at float noise
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def _failing_backend(gm, example_inputs):
+    raise RuntimeError("no C++ compiler here")
+
+
+def test_a_failed_compilation_falls_back_to_eager_training():
+    torch.manual_seed(4)
+    eager_model = build_net("resnet", 5, depth=8, width=4)
+    model = copy.deepcopy(eager_model)
+    _train(eager_model, lambda opt, f: EagerStep(opt, f, False, "cpu"), [8, 8, 5], epochs=2)
+    with compiled_backbones([model], True, backend=_failing_backend):
+        step = _train(model, lambda opt, f: CompiledStep(opt, f, False, "cpu", 8), [8, 8, 5], epochs=2)
+    assert step.stats == {"compiled": 0, "eager": 6}
+    for a, b in zip(eager_model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)  # the failed attempt changed nothing: no update, no BN statistics
+
+
+def test_compiled_backbones_are_eager_again_after_an_error():
+    nets = [build_net("resnet", 5, depth=8, width=4) for _ in range(2)]
+    with pytest.raises(KeyError):
+        with compiled_backbones(nets + [None], True):  # None: no old model in phase 0
+            assert all(n.backbone._compiled_call_impl is not None for n in nets)
+            raise KeyError("boom")
+    assert all(n.backbone._compiled_call_impl is None for n in nets)
+    with compiled_backbones(nets, False) as compiled:
+        assert not compiled and nets[0].backbone._compiled_call_impl is None
+
+
 def test_make_step_is_eager_on_cpu_and_graphed_on_cuda_unless_switched_off(monkeypatch):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     assert isinstance(make_step(opt, None, False, torch.device("cpu"), 8), EagerStep)
+    assert isinstance(make_step(opt, None, False, torch.device("cpu"), 8, compiled=True), CompiledStep)
     assert isinstance(make_step(opt, None, False, torch.device("cuda"), 8), GraphStep)
     monkeypatch.setenv("MNEMONICS_CUDA_GRAPHS", "0")
     assert isinstance(make_step(opt, None, False, torch.device("cuda"), 8), EagerStep)
