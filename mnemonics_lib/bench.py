@@ -42,7 +42,7 @@ from .memory import herding_reference, herding_selection
 from .pipeline import (DeviceImages, Normaliser, augment, batch_indices, make_generator,
                        preferred_memory_format, tune_backends)
 from .steps import TOTALS as GRAPH_TOTALS
-from .steps import EagerStep, GraphStep, cuda_graphs_enabled, eager_step, make_step
+from .steps import EagerStep, GraphStep, cpu_compile_enabled, cuda_graphs_enabled, eager_step, make_step
 
 log = logging.getLogger(__name__)
 
@@ -174,21 +174,27 @@ def _sgd_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
 class OursTrain:
     """The library's training path (as in ``trainer.train_epochs``), per call ``steps`` steps:
     on-device batches and augmentation, and the trainer's step executor (a replayed CUDA graph
-    on CUDA; ``graphs=False`` times the eager step instead).
+    on CUDA, the compiled backbone on CPU; ``graphs=False`` / ``compiled=False`` time the eager
+    step instead).
 
-    ``channels_last``/``amp`` default to what the trainer does on the model's device (both on
-    CUDA only); the CPU what-if variants of :func:`bench_train` switch them on there too.
+    ``channels_last``/``compiled`` default to what the trainer does on the model's device
+    (channels_last on CUDA, compiled on CPU unless ``MNEMONICS_CPU_COMPILE=0``).
     """
 
     def __init__(self, model: torch.nn.Module, images: DeviceImages, norm: Normaliser, batch: int,
-                 amp: bool, seed: int = 0, channels_last: bool | None = None, graphs: bool = True):
+                 amp: bool, seed: int = 0, channels_last: bool | None = None, graphs: bool = True,
+                 compiled: bool | None = None):
         self.model, self.images, self.norm, self.amp = model, images, norm, amp
         self.device = images.x.device
         trainer_layout = preferred_memory_format(self.device) == torch.channels_last
         self.channels_last = trainer_layout if channels_last is None else channels_last
+        self.compiled = cpu_compile_enabled(self.device) if compiled is None else compiled
+        if self.compiled:
+            # as steps.compiled_backbones does inside train_epochs (here for the object's life)
+            model.backbone.compile()
         self.opt = _sgd(model)
         loss = lambda x, y: F.cross_entropy(model(x), y)  # noqa: E731
-        self.step = (make_step(self.opt, loss, amp, self.device, batch) if graphs
+        self.step = (make_step(self.opt, loss, amp, self.device, batch, self.compiled) if graphs
                      else EagerStep(self.opt, loss, amp, self.device.type))
         self.gen = make_generator(seed, self.device)
         self.pad = norm.pixel_range[0]
@@ -269,37 +275,33 @@ class ReferenceTrain:
 
 # ------------------------------------------------------------------ stages
 def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: bool,
-                cpu_variants: bool = True, compiled: bool = False) -> dict[str, Any]:
+                cpu_variants: bool = True) -> dict[str, Any]:
     """Training images/s: ours vs the reference, same data, model init, batch and step count.
 
-    On CPU, ``cpu_variants`` adds what-if runs of our path with channels_last, and with
-    channels_last + bf16 autocast (fast where the CPU has AMX / AVX512-BF16), which the trainer
-    does not do on CPU today; they are reported beside, never instead of, ``ours``.
-    ``compiled`` adds ``ours_compiled``: our path with the model compiled in place by
-    ``torch.compile`` (inductor); its compilation happens in the warm-up and is reported as
-    ``compile_s``, outside the timings. The trainer does not compile today (a what-if too).
+    ``ours`` is the trainer's path on ``device``. Beside it, never instead of it:
+    ``ours_eager`` (CUDA: without the graphs; CPU: without compilation) shows what the step
+    executor buys, and on CPU ``cpu_variants`` adds ``ours_bf16``, the trainer's path with bf16
+    autocast (``amp: true`` in a config; fast where the CPU has AMX / AVX512-BF16; it changes the
+    numerics, so it is a config field, off in every profile on CPU). Compilation happens in the
+    warm-up, outside the timings, and is reported as ``compile_s``.
     """
     amp = amp and device.type == "cuda"
     norm = Normaliser.create(data.mean, data.std, device)
     images = DeviceImages(data.x_train, data.y_train, device)
     n_cls = int(data.y_train.max()) + 1
+    cl = device.type == "cuda"
     runs: dict[str, Callable[[int], int]] = {
-        "ours": OursTrain(_model(sizes, n_cls, device, device.type == "cuda"), images, norm, sizes.batch, amp),
+        "ours": OursTrain(_model(sizes, n_cls, device, cl), images, norm, sizes.batch, amp),
         "reference": ReferenceTrain(_model(sizes, n_cls, device, False), reference_loader(
             data.x_train, data.y_train, data.mean, data.std, True, sizes.batch, sizes.workers, device), device),
     }
-    if device.type == "cuda" and isinstance(runs["ours"].step, GraphStep):
-        # the same path with the eager step: what the graphs alone buy
-        runs["ours_eager"] = OursTrain(_model(sizes, n_cls, device, True), images, norm, sizes.batch, amp,
-                                       graphs=False)
+    ours = runs["ours"]
+    if isinstance(ours.step, GraphStep) or ours.compiled:
+        # the same path with the eager step: what the graphs / the compilation alone buy
+        runs["ours_eager"] = OursTrain(_model(sizes, n_cls, device, cl), images, norm, sizes.batch, amp,
+                                       graphs=False, compiled=False)
     if cpu_variants and device.type == "cpu":
-        for name, bf16 in (("ours_channels_last", False), ("ours_channels_last_bf16", True)):
-            runs[name] = OursTrain(_model(sizes, n_cls, device, True), images, norm, sizes.batch, bf16,
-                                   channels_last=True)
-    if compiled:
-        net = _model(sizes, n_cls, device, device.type == "cuda")
-        net.compile()  # in place: same parameters and state_dict keys as the eager model
-        runs["ours_compiled"] = OursTrain(net, images, norm, sizes.batch, amp)
+        runs["ours_bf16"] = OursTrain(_model(sizes, n_cls, device, False), images, norm, sizes.batch, True)
     warm = {}
     for name, run in runs.items():
         t = time.perf_counter()
@@ -308,14 +310,16 @@ def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
         warm[name] = time.perf_counter() - t
     raw = interleave({k: (lambda r=r: r(sizes.train_steps)) for k, r in runs.items()}, sizes.repeats, device)
     res: dict[str, Any] = {k: _throughput(v) for k, v in raw.items()}
-    if compiled:
-        res["compile_s"] = warm["ours_compiled"] - warm["ours"]  # warm-up beyond the eager one
+    res["warmup_s"] = warm
+    if ours.compiled and "ours_eager" in warm:
+        res["compile_s"] = warm["ours"] - warm["ours_eager"]  # warm-up beyond the eager one
     ref = res["reference"]["median_images_per_s"]
     res["ratio"] = res["ours"]["median_images_per_s"] / ref
     res["variant_ratios"] = {k: res[k]["median_images_per_s"] / ref for k in runs if k.startswith("ours_")}
     res["ours_precision"] = "bf16 autocast" if amp else "fp32"
-    res["ours_step"] = "cuda graph" if isinstance(runs["ours"].step, GraphStep) else "eager"
-    res["ours_step_stats"] = dict(getattr(runs["ours"].step, "stats", {}))
+    res["ours_step"] = ("cuda graph" if isinstance(ours.step, GraphStep)
+                        else "compiled backbone" if ours.compiled else "eager")
+    res["ours_step_stats"] = dict(getattr(ours.step, "stats", {}))
     return res
 
 
@@ -471,12 +475,12 @@ def bench_flops(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
     n_cls = int(data.y_train.max()) + 1
     cl = device.type == "cuda"
     model = _model(sizes, n_cls, device, cl).train()
-    opt = _sgd(model)
     norm = Normaliser.create(data.mean, data.std, device)
     imgs = DeviceImages(data.x_train[:sizes.batch], data.y_train[:sizes.batch], device)
     x = augment(norm(imgs.x), make_generator(0, device), norm.pixel_range[0])
     x = x.contiguous(memory_format=torch.channels_last) if cl else x
-    flops = count_train_flops(copy.deepcopy(model), x, imgs.y, amp)
+    flops = count_train_flops(copy.deepcopy(model), x, imgs.y, amp)  # before compilation
+    ours = OursTrain(model, imgs, norm, sizes.batch, amp)  # the trainer's step executor
     dt = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(sizes.matmul_n, sizes.matmul_n, device=device, dtype=dt, generator=g)
@@ -485,7 +489,7 @@ def bench_flops(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
 
     def train() -> None:
         for _ in range(steps):
-            _sgd_step(model, opt, x, imgs.y, amp)
+            ours.step(x, imgs.y)
 
     def matmul() -> None:
         for _ in range(sizes.matmul_reps):
@@ -501,7 +505,9 @@ def bench_flops(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
     return {"flops_per_step": flops, "batch": sizes.batch, "step_s": step_s, "achieved_gflops": achieved,
             "matmul_dtype": str(dt).replace("torch.", ""), "matmul_gflops": mm_gflops,
             "peak_gflops": peak, "fraction_of_peak": achieved / peak,
-            "step_precision": "bf16 autocast" if amp else "fp32"}
+            "step_precision": "bf16 autocast" if amp else "fp32",
+            "step": ("cuda graph" if isinstance(ours.step, GraphStep)
+                     else "compiled backbone" if ours.compiled else "eager")}
 
 
 # ------------------------------------------------------------------ the whole run
@@ -522,7 +528,7 @@ def device_slug(device: torch.device) -> str:
 
 def run_benchmark(device: torch.device | str | None = None, *, quick: bool = False,
                   sizes: BenchSizes | None = None, dataset: str = "synthetic", amp: bool = True,
-                  cpu_variants: bool = True, compiled: bool = False,
+                  cpu_variants: bool = True,
                   stages: tuple[str, ...] = ("train", "eval", "herding", "class_means", "mnemonics", "flops"),
                   ) -> dict[str, Any]:
     """Run the chosen stages and return the record (raw timings, ratios, sizes, device)."""
@@ -531,7 +537,7 @@ def run_benchmark(device: torch.device | str | None = None, *, quick: bool = Fal
     sizes = sizes or default_sizes(device, quick)
     data = bench_data(sizes, dataset)
     fns: dict[str, Callable[[], dict[str, Any]]] = {
-        "train": lambda: bench_train(data, sizes, device, amp, cpu_variants, compiled),
+        "train": lambda: bench_train(data, sizes, device, amp, cpu_variants),
         "eval": lambda: bench_eval(data, sizes, device, amp),
         "herding": lambda: bench_herding(sizes, device),
         "class_means": lambda: bench_class_means(data, sizes, device),
@@ -546,7 +552,8 @@ def run_benchmark(device: torch.device | str | None = None, *, quick: bool = Fal
         out[name]["stage_wall_s"] = time.perf_counter() - t
         log.info("%-12s %6.1fs  %s", name, out[name]["stage_wall_s"], _headline(name, out[name]))
     return {"schema": SCHEMA, "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": device_info(device), "dataset": dataset, "amp": amp, "compiled": compiled,
+            "device": device_info(device), "dataset": dataset, "amp": amp,
+            "cpu_compile": cpu_compile_enabled(device),
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
             "sizes": dataclasses.asdict(sizes), "stages": out, "ratios": ratios(out),
             "targets": TARGETS, "wall_s": time.perf_counter() - t_all}
@@ -580,8 +587,8 @@ def format_table(record: dict[str, Any]) -> str:
             continue
         rows.append((f"{s} ({unit})", f"{st[s]['ours']['median_images_per_s']:.1f}",
                      f"{st[s]['reference']['median_images_per_s']:.1f}", f"{st[s]['ratio']:.2f}x"))
-        for k, v in st[s].get("variant_ratios", {}).items():  # CPU what-ifs, not the trainer's path
-            rows.append((f"  what-if {k[5:]}", f"{st[s][k]['median_images_per_s']:.1f}", "", f"{v:.2f}x"))
+        for k, v in st[s].get("variant_ratios", {}).items():  # beside the trainer's path, not instead of it
+            rows.append((f"  variant {k[5:]}", f"{st[s][k]['median_images_per_s']:.1f}", "", f"{v:.2f}x"))
     for s in ("herding", "class_means"):
         if s in st:
             rows.append((f"{s} (ms)", f"{1e3 * _median(st[s]['ours_s']):.2f}",

@@ -36,9 +36,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder for the timestamped JSON, or a .json path")
     ap.add_argument("--dataset", default="synthetic", help="synthetic (default) or a 32x32 set, e.g. caltech100")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-    ap.add_argument("--compile", action="store_true",
-                    help="also time our training path with the model torch.compile'd (a what-if; "
-                         "compilation takes minutes on 2 CPU cores and is reported apart)")
     ap.add_argument("--no-amp", action="store_true", help="fp32 for our side on CUDA too")
     ap.add_argument("--paper-projection", action="store_true",
                     help="time phase 0 / phase 1 epochs of a B50 run and project the full run")
@@ -53,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
     record = bench.run_benchmark(device, quick=args.quick, dataset=args.dataset, amp=not args.no_amp,
-                                 compiled=args.compile, stages=stages)
+                                 stages=stages)
     path = bench.write_record(record, args.out, device)
     print(bench.format_table(record))
     print(json.dumps({"ratios": record["ratios"], "wall_s": round(record["wall_s"], 1)}, indent=1))
