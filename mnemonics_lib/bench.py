@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .backbones import build_net
 from .datasets import ArrayData, load_dataset, make_synthetic
-from .evaluation import class_means
+from .evaluation import batched, class_means
 from .memory import herding_reference, herding_selection
 from .pipeline import (DeviceImages, Normaliser, augment, batch_indices, make_generator,
                        preferred_memory_format, tune_backends)
@@ -334,17 +334,14 @@ def bench_eval(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: bo
     ours_model = _model(sizes, n_cls, device, device.type == "cuda").eval()
     ref_model = _model(sizes, n_cls, device, False).eval()
     loader = reference_loader(x, y, data.mean, data.std, False, sizes.eval_batch, sizes.workers, device)
+    compiled = cpu_compile_enabled(device)
+    if compiled:  # as the trainer's evaluation (steps.compiled_backbones around evaluate_phase)
+        ours_model.backbone.compile()
 
-    @torch.inference_mode()
     def ours() -> int:
-        preds = []
-        for i in range(0, n, sizes.eval_batch):
-            xb = norm(images.x[i:i + sizes.eval_batch])
-            if device.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                preds.append(ours_model(xb).argmax(1))
-        return len(torch.cat(preds))
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            preds = batched(ours_model, norm(images.x), sizes.eval_batch).argmax(1)
+        return len(preds)
 
     @torch.no_grad()
     def reference() -> int:
@@ -359,6 +356,7 @@ def bench_eval(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: bo
     raw = interleave({"ours": ours, "reference": reference}, sizes.repeats, device)
     res = {k: _throughput(v) for k, v in raw.items()}
     res["ratio"] = res["ours"]["median_images_per_s"] / res["reference"]["median_images_per_s"]
+    res["ours_forward"] = "compiled backbone" if compiled else "eager"
     return res
 
 

@@ -16,12 +16,22 @@ from .protocol import PhasePlan
 
 @torch.inference_mode()
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int) -> torch.Tensor:
-    """fn over batches of x (in the model's layout for x's device), concatenated in float32."""
+    """fn over batches of x (in the model's layout for x's device), concatenated in float32.
+
+    Inside ``steps.compiled_backbones`` (the trainer's evaluation on CPU) the full batches run the
+    compiled code and the last, smaller one runs eagerly: no dynamic-shape graph for one batch."""
     if not len(x):
         return x
     layout = preferred_memory_format(x.device)
-    return torch.cat([fn(x[i:i + batch].contiguous(memory_format=layout)).float()
-                      for i in range(0, len(x), batch)])
+    out = []
+    for i in range(0, len(x), batch):
+        b = x[i:i + batch].contiguous(memory_format=layout)
+        if len(b) == batch:
+            out.append(fn(b).float())
+        else:
+            with torch.compiler.set_stance("force_eager"):
+                out.append(fn(b).float())
+    return torch.cat(out)
 
 
 @torch.no_grad()

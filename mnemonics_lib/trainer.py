@@ -284,7 +284,9 @@ def _evaluate(config, method, ctx, data, memory, p) -> dict[str, Any]:
     te = data.test.select(list(range(n_seen)))
     tr = data.train.select(list(range(n_seen)))
     state = ctx.state
-    with bf16_autocast(ctx.device.type, config.amp):  # config.amp is hashed: it changes numerics
+    # config.amp is hashed: it changes numerics; the compiled backbone (CPU) does not
+    with bf16_autocast(ctx.device.type, config.amp), \
+            compiled_backbones([ctx.model], cpu_compile_enabled(ctx.device)):
         return evaluate_phase(
             model=ctx.model, logits_fn=lambda b: method.logits(state, ctx.model, b),
             test_x=data.norm(data.test.x[te]), test_y=data.test.y[te], memory=memory,

@@ -91,6 +91,24 @@ def test_compiled_step_trains_like_the_eager_step_and_compiles_one_graph():
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)
 
 
+def test_evaluation_through_the_compiled_backbone_matches_the_eager_one():
+    """The trainer's evaluation on CPU: evaluation.batched inside compiled_backbones, full
+    batches compiled, the last smaller batch eager (no second graph)."""
+    from torch._dynamo.utils import counters
+
+    from mnemonics_lib.evaluation import batched
+
+    torch.manual_seed(5)
+    net = build_net("resnet", 5, depth=8, width=4).eval()
+    x = torch.randn(21, 3, 16, 16)  # batches of 8, 8 and 5
+    eager = batched(net.features, x, 8)
+    graphs_before = counters["stats"]["unique_graphs"]
+    with compiled_backbones([net], True):
+        compiled = batched(net.features, x, 8)
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
 def _failing_backend(gm, example_inputs):
     raise RuntimeError("no C++ compiler here")
 
