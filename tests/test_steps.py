@@ -109,6 +109,44 @@ def test_evaluation_through_the_compiled_backbone_matches_the_eager_one():
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+def test_later_phases_reuse_the_compiled_graphs():
+    """A new frozen old model every phase and a growing head must not recompile the backbones:
+    past torch's recompile limit (8 per code object) they would silently run eagerly."""
+    import torch.nn.functional as F
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(6)
+    net, old = build_net("resnet", 10, depth=8, width=4, cosine=True), None
+    x = torch.randn(8, 3, 16, 16)
+    graphs_before = counters["stats"]["unique_graphs"]
+    for phase in range(10):
+        if phase:
+            net.head.grow(2)
+        y = torch.randint(0, net.head.n_classes, (8,))
+
+        def loss(a, b, old=old):
+            f = net.features(a)
+            out = F.cross_entropy(net.head(f), b)
+            if old is not None:
+                with torch.no_grad():
+                    target = old.features(a)
+                out = out + (1 - F.cosine_similarity(f, target, dim=1)).mean()
+            return out
+
+        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.01)
+        with compiled_backbones([net, old], True) as compiled:
+            net.train()
+            step = make_step(opt, loss, False, torch.device("cpu"), 8, compiled)
+            step(x, y)
+        assert step.stats == {"compiled": 1, "eager": 0}  # no fallback
+        net.eval()
+        with compiled_backbones([net], True), torch.inference_mode():
+            net.features(x)
+        old = copy.deepcopy(net).eval().requires_grad_(False)
+    # one graph each: the model training, the old model without gradients, inference
+    assert counters["stats"]["unique_graphs"] - graphs_before == 3
+
+
 def _failing_backend(gm, example_inputs):
     raise RuntimeError("no C++ compiler here")
 
