@@ -12,6 +12,7 @@ from . import metrics
 from .memory import ExemplarMemory
 from .pipeline import preferred_memory_format
 from .protocol import PhasePlan
+from .steps import run_eagerly
 
 
 @torch.inference_mode()
@@ -29,7 +30,7 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: 
         if len(b) == batch:
             out.append(fn(b).float())
         else:
-            with torch.compiler.set_stance("force_eager"):
+            with run_eagerly():
                 out.append(fn(b).float())
     return torch.cat(out)
 

@@ -176,6 +176,8 @@ def provenance() -> dict[str, Any]:
     status = _git("status", "--porcelain", "--", ":(top,exclude)results", ":(top,exclude)data")
     import torch  # local: keeps `import mnemonics_lib.results` light for report-only use
 
+    from .steps import compile_enabled
+
     extra = {}
     if os.environ.get("MNEMONICS_GIT_COMMIT"):
         # a copy of a checkout (the lent GPU machine): its .git may be missing or stale (seen
@@ -187,8 +189,9 @@ def provenance() -> dict[str, Any]:
         commit, status = os.environ["MNEMONICS_GIT_COMMIT"], None
     if torch.cuda.is_available():  # how training steps ran there (same numerics either way)
         extra["cuda_graphs"] = os.environ.get("MNEMONICS_CUDA_GRAPHS", "1") != "0"
-    else:  # compiled CPU backbones (steps.cpu_compile_enabled): fused kernels, same arithmetic
-        extra["cpu_compile"] = os.environ.get("MNEMONICS_CPU_COMPILE", "1") != "0"
+        extra["cuda_compile"] = compile_enabled(torch.device("cuda"))
+    else:  # compiled CPU backbones (steps.compile_enabled): fused kernels, same arithmetic
+        extra["cpu_compile"] = compile_enabled(torch.device("cpu"))
     return {
         "git_commit": commit.strip() if commit else None,
         "git_dirty": bool(status.strip()) if status is not None else None,

@@ -59,11 +59,24 @@ def cuda_graphs_enabled(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("MNEMONICS_CUDA_GRAPHS", "1") != "0"
 
 
-def cpu_compile_enabled(device: torch.device) -> bool:
-    """Compiled backbones are the trainer's default on CPU; ``MNEMONICS_CPU_COMPILE=0`` turns them
-    off (the test suite does, to keep its many tiny runs free of compilation). Not part of the
-    config hash: the same arithmetic, fused (float rounding may differ, as across devices)."""
-    return device.type == "cpu" and os.environ.get("MNEMONICS_CPU_COMPILE", "1") != "0"
+def compile_enabled(device: torch.device) -> bool:
+    """Whether the trainer compiles its backbones on ``device``. CPU: on by default,
+    ``MNEMONICS_CPU_COMPILE=0`` turns it off (the test suite does, to keep its many tiny runs free
+    of compilation). CUDA: off by default, ``MNEMONICS_CUDA_COMPILE=1`` compiles the backbones
+    inside the captured graphs (fused kernels; not yet measured on a GPU, so not the default).
+    Not part of the config hash: the same arithmetic, fused (float rounding may differ, as
+    across devices); ``env.json`` records it."""
+    if device.type == "cpu":
+        return os.environ.get("MNEMONICS_CPU_COMPILE", "1") != "0"
+    if device.type == "cuda":
+        return os.environ.get("MNEMONICS_CUDA_COMPILE", "0") == "1"
+    return False
+
+
+def run_eagerly():
+    """Run compiled modules eagerly inside the block (a batch of another size: one batch per
+    epoch does not deserve a second, dynamic-shape graph)."""
+    return torch.compiler.set_stance("force_eager")
 
 
 @contextmanager
@@ -115,7 +128,7 @@ class EagerStep:
 
 class CompiledStep(EagerStep):
     """The eager step, run inside :func:`compiled_backbones`: full batches go through the compiled
-    code, a smaller batch runs eagerly (``torch.compiler.set_stance("force_eager")``). If the
+    code, a smaller batch runs eagerly (:func:`run_eagerly`). If the
     compilation fails (no C++ compiler, an unsupported op), the step is retried eagerly and every
     later step stays eager: slower, never wrong. ``stats`` counts ``compiled`` and ``eager`` steps
     (and :data:`TOTALS` as ``cpu_compiled``, ``cpu_eager``)."""
@@ -132,7 +145,7 @@ class CompiledStep(EagerStep):
         TOTALS["cpu_" + what] += 1
 
     def _eager(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        with torch.compiler.set_stance("force_eager"):
+        with run_eagerly():
             super().__call__(x, y)
         self._count("eager")
 
@@ -211,10 +224,13 @@ class GraphStep(GraphReplay):
     graphed = True
 
     def __init__(self, opt: torch.optim.Optimizer, loss_fn: LossFn, amp: bool, device_type: str,
-                 batch_size: int, warmup: int = 3, backend=None):
+                 batch_size: int, warmup: int = 3, backend=None, compiled: bool = False):
         super().__init__(backend)
         self.opt, self.loss_fn, self.amp, self.device_type = opt, loss_fn, amp, device_type
         self.batch_size, self.warmup = batch_size, warmup
+        # inside compiled_backbones: the warm-up compiles, the capture records the compiled
+        # kernels, and the smaller last batch runs eagerly (no dynamic-shape graph)
+        self.compiled = compiled
         self._lrs: tuple[float, ...] | None = None
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
@@ -236,7 +252,11 @@ class GraphStep(GraphReplay):
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self._failed or x.shape[0] != self.batch_size:
-            self._eager(x, y, keep_grads=self._graph is not None)
+            if self.compiled and x.shape[0] != self.batch_size:
+                with run_eagerly():
+                    self._eager(x, y, keep_grads=self._graph is not None)
+            else:
+                self._eager(x, y, keep_grads=self._graph is not None)
             return
         if self._graph is None or self._lrs != self._current_lrs():
             if self.stats["eager"] < self.warmup and self._graph is None:
@@ -259,9 +279,10 @@ class GraphStep(GraphReplay):
 def make_step(opt: torch.optim.Optimizer, loss_fn: LossFn, amp: bool, device: torch.device,
               batch_size: int, compiled: bool = False) -> EagerStep | GraphStep:
     """The step executor the trainer uses on ``device``: graphed on CUDA unless switched off;
-    ``compiled`` (inside :func:`compiled_backbones`) on CPU; eager otherwise."""
+    ``compiled`` (inside :func:`compiled_backbones`) on CPU; eager otherwise. On CUDA ``compiled``
+    puts the compiled backbones inside the graph."""
     if cuda_graphs_enabled(device):
-        return GraphStep(opt, loss_fn, amp, device.type, batch_size)
+        return GraphStep(opt, loss_fn, amp, device.type, batch_size, compiled=compiled)
     if compiled:
         return CompiledStep(opt, loss_fn, amp, device.type, batch_size)
     return EagerStep(opt, loss_fn, amp, device.type)

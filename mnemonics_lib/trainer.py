@@ -34,7 +34,7 @@ from .memory import ExemplarMemory
 from .methods import Method, PhaseContext, get_method
 from .pipeline import (DeviceImages, Normaliser, augment, batch_indices, make_generator,
                        preferred_memory_format, tune_backends)
-from .steps import bf16_autocast, compiled_backbones, cpu_compile_enabled, make_step
+from .steps import bf16_autocast, compiled_backbones, compile_enabled, make_step
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, grou
     pad = ctx.state["_pad"]
     loss_fn = loss_fn or method.loss
     layout = preferred_memory_format(ctx.device)
-    with compiled_backbones([ctx.model, ctx.old_model], cpu_compile_enabled(ctx.device)) as compiled:
+    with compiled_backbones([ctx.model, ctx.old_model], compile_enabled(ctx.device)) as compiled:
         step = make_step(opt, lambda x, y: loss_fn(ctx, x, y), ctx.config.amp, ctx.device, s.batch_size,
                          compiled)
         for epoch in tqdm(range(epochs), desc=desc or f"phase {ctx.phase}", leave=False, disable=None):
@@ -286,7 +286,7 @@ def _evaluate(config, method, ctx, data, memory, p) -> dict[str, Any]:
     state = ctx.state
     # config.amp is hashed: it changes numerics; the compiled backbone (CPU) does not
     with bf16_autocast(ctx.device.type, config.amp), \
-            compiled_backbones([ctx.model], cpu_compile_enabled(ctx.device)):
+            compiled_backbones([ctx.model], compile_enabled(ctx.device)):
         return evaluate_phase(
             model=ctx.model, logits_fn=lambda b: method.logits(state, ctx.model, b),
             test_x=data.norm(data.test.x[te]), test_y=data.test.y[te], memory=memory,

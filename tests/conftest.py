@@ -17,7 +17,7 @@ def _checkpoints_in_tmp(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def _eager_cpu_steps():
-    """The trainer compiles its backbones on CPU (steps.cpu_compile_enabled): worth it for a
+    """The trainer compiles its backbones on CPU (steps.compile_enabled): worth it for a
     10-minute run, not for the suite's hundreds of seconds-long ones (each new network shape
     compiles anew). Set in the environment, so notebook and study subprocesses inherit it;
     tests/test_steps.py switches it on where compilation itself is tested."""

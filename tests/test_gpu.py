@@ -44,10 +44,47 @@ def test_benchmark_runs_on_cuda_at_tiny_sizes():
     assert r["stages"]["train"]["ours_precision"] == "bf16 autocast"
     assert r["stages"]["train"]["ours_step"] == "cuda graph"
     assert r["stages"]["train"]["ours_step_stats"]["replayed"] >= 1
+    assert r["stages"]["train"]["ours_compiled_step_stats"]["replayed"] >= 1  # the candidate lever
     assert r["stages"]["flops"]["matmul_dtype"] == "bfloat16"
     assert r["stages"]["herding"]["same_indices"] and len(r["stages"]["herding"]["ours_device_s"]) == 2
     assert r["stages"]["class_means"]["max_abs_diff"] < 1e-4
     assert r["stages"]["train"]["ours"]["images"] == r["stages"]["train"]["reference"]["images"] == [32, 32]
+
+
+def test_compiled_backbones_inside_the_graphed_step_train_like_the_graphed_step():
+    """MNEMONICS_CUDA_COMPILE=1: the compiled kernels are captured and replayed, the smaller
+    last batch runs eagerly, and the parameters follow the uncompiled graphed step."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from mnemonics_lib.backbones import build_net
+    from mnemonics_lib.steps import GraphStep, compiled_backbones
+
+    torch.manual_seed(0)
+    ref = build_net("resnet", 10, depth=8, width=8).cuda().to(memory_format=torch.channels_last)
+    model = copy.deepcopy(ref)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    batches = [(torch.randn(n, 3, 32, 32, device="cuda", generator=g).contiguous(memory_format=torch.channels_last),
+                torch.randint(0, 10, (n,), device="cuda", generator=g)) for n in (32, 32, 32, 32, 32, 7)]
+
+    def train(net, compiled):
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        step = GraphStep(opt, lambda x, y: F.cross_entropy(net(x), y), False, "cuda", 32, compiled=compiled)
+        with compiled_backbones([net], compiled):
+            net.train()
+            for _ in range(2):
+                for x, y in batches:
+                    step(x, y)
+        torch.cuda.synchronize()
+        return step.stats
+
+    plain, fused = train(ref, False), train(model, True)
+    print(f"graphed: {plain}; compiled inside the graph: {fused}")
+    assert fused == plain and fused["replayed"] >= 5
+    for (name, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3, msg=name)  # fp32, fused kernels
 
 
 def _aia(amp: bool, seed: int, device: str = "cuda") -> float:

@@ -109,6 +109,29 @@ def test_evaluation_through_the_compiled_backbone_matches_the_eager_one():
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+def test_graph_step_with_compiled_backbones_keeps_the_small_batch_eager():
+    """MNEMONICS_CUDA_COMPILE=1's executor, with the CPU recorder for the graph: warm-up and
+    replays run the compiled backbone, the smaller last batch runs eagerly (one graph only),
+    and training matches the eager trainer within float tolerance."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(7)
+    eager_model = build_net("resnet", 5, depth=8, width=4)
+    model = copy.deepcopy(eager_model)
+    sizes = [8, 8, 8, 5]
+    _train(eager_model, lambda opt, f: EagerStep(opt, f, False, "cpu"), sizes, epochs=2, milestones=(1,))
+    graphs_before = counters["stats"]["unique_graphs"]
+    with compiled_backbones([model], True):
+        rec = Recorder(list(model.parameters()))
+        step = _train(model, lambda opt, f: GraphStep(opt, f, False, "cpu", 8, warmup=2, backend=rec,
+                                                      compiled=True), sizes, epochs=2, milestones=(1,))
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1
+    # epoch 0: 2 warm-up, capture + 1 replay, last eager; epoch 1 (lr 0.01): capture, 3 replays, last eager
+    assert step.stats == {"eager": 4, "replayed": 4, "captures": 2}
+    for (name, a), b in zip(eager_model.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)
+
+
 def test_later_phases_reuse_the_compiled_graphs():
     """A new frozen old model every phase and a growing head must not recompile the backbones:
     past torch's recompile limit (8 per code object) they would silently run eagerly."""
@@ -172,6 +195,17 @@ def test_compiled_backbones_are_eager_again_after_an_error():
     assert all(n.backbone._compiled_call_impl is None for n in nets)
     with compiled_backbones(nets, False) as compiled:
         assert not compiled and nets[0].backbone._compiled_call_impl is None
+
+
+def test_compile_is_on_by_default_on_cpu_and_off_on_cuda(monkeypatch):
+    from mnemonics_lib.steps import compile_enabled
+
+    monkeypatch.delenv("MNEMONICS_CPU_COMPILE", raising=False)
+    monkeypatch.delenv("MNEMONICS_CUDA_COMPILE", raising=False)
+    assert compile_enabled(torch.device("cpu")) and not compile_enabled(torch.device("cuda"))
+    monkeypatch.setenv("MNEMONICS_CPU_COMPILE", "0")
+    monkeypatch.setenv("MNEMONICS_CUDA_COMPILE", "1")
+    assert not compile_enabled(torch.device("cpu")) and compile_enabled(torch.device("cuda"))
 
 
 def test_make_step_is_eager_on_cpu_and_graphed_on_cuda_unless_switched_off(monkeypatch):
