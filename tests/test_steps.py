@@ -69,14 +69,29 @@ def test_a_failed_capture_falls_back_to_eager_training():
         assert torch.equal(a, b)
 
 
+SIZES = [8, 8, 8, 5]  # three full batches and the smaller last one
+
+
+def _eager_trained_and_twin(seed: int):
+    """A tiny net trained 2 epochs by the eager step, and an untrained copy of its start."""
+    torch.manual_seed(seed)
+    eager_model = build_net("resnet", 5, depth=8, width=4)
+    model = copy.deepcopy(eager_model)
+    _train(eager_model, lambda opt, f: EagerStep(opt, f, False, "cpu"), SIZES, epochs=2, milestones=(1,))
+    return eager_model, model
+
+
+def _assert_states_close(ref, model):
+    for (name, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+        # fused kernels round differently; 8 SGD steps at lr 0.1 keep that at float noise
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)
+
+
 def test_compiled_step_trains_like_the_eager_step_and_compiles_one_graph():
     from torch._dynamo.utils import counters
 
-    torch.manual_seed(3)
-    eager_model = build_net("resnet", 5, depth=8, width=4)
-    model = copy.deepcopy(eager_model)
-    sizes = [8, 8, 8, 5]
-    _train(eager_model, lambda opt, f: EagerStep(opt, f, False, "cpu"), sizes, epochs=2, milestones=(1,))
+    eager_model, model = _eager_trained_and_twin(3)
+    sizes = SIZES
     graphs_before = counters["stats"]["unique_graphs"]
     with compiled_backbones([model], True) as compiled:
         assert compiled and model.backbone._compiled_call_impl is not None
@@ -86,9 +101,7 @@ def test_compiled_step_trains_like_the_eager_step_and_compiles_one_graph():
     assert step.stats == {"compiled": 6, "eager": 2}  # the 5-sample batches ran eagerly ...
     assert counters["stats"]["unique_graphs"] - graphs_before == 1  # ... so no dynamic-shape graph
     assert model.backbone._compiled_call_impl is None  # eager again after the block
-    for (name, a), b in zip(eager_model.state_dict().items(), model.state_dict().values()):
-        # fused kernels round differently; 8 SGD steps at lr 0.1 keep that at float noise
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)
+    _assert_states_close(eager_model, model)
 
 
 def test_evaluation_through_the_compiled_backbone_matches_the_eager_one():
@@ -115,11 +128,8 @@ def test_graph_step_with_compiled_backbones_keeps_the_small_batch_eager():
     and training matches the eager trainer within float tolerance."""
     from torch._dynamo.utils import counters
 
-    torch.manual_seed(7)
-    eager_model = build_net("resnet", 5, depth=8, width=4)
-    model = copy.deepcopy(eager_model)
-    sizes = [8, 8, 8, 5]
-    _train(eager_model, lambda opt, f: EagerStep(opt, f, False, "cpu"), sizes, epochs=2, milestones=(1,))
+    eager_model, model = _eager_trained_and_twin(7)
+    sizes = SIZES
     graphs_before = counters["stats"]["unique_graphs"]
     with compiled_backbones([model], True):
         rec = Recorder(list(model.parameters()))
@@ -128,8 +138,7 @@ def test_graph_step_with_compiled_backbones_keeps_the_small_batch_eager():
     assert counters["stats"]["unique_graphs"] - graphs_before == 1
     # epoch 0: 2 warm-up, capture + 1 replay, last eager; epoch 1 (lr 0.01): capture, 3 replays, last eager
     assert step.stats == {"eager": 4, "replayed": 4, "captures": 2}
-    for (name, a), b in zip(eager_model.state_dict().items(), model.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)
+    _assert_states_close(eager_model, model)
 
 
 def test_later_phases_reuse_the_compiled_graphs():
