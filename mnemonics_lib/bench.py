@@ -201,6 +201,13 @@ class OursTrain:
         self.batch = batch
         self._it = self._batches()
 
+    @property
+    def step_kind(self) -> str:
+        """How a full batch's step runs: ``cuda graph``, ``compiled backbone`` or ``eager``."""
+        if isinstance(self.step, GraphStep):
+            return "cuda graph"
+        return "compiled backbone" if self.compiled else "eager"
+
     def _batches(self):
         while True:  # reshuffled epochs, like consecutive epochs of the trainer
             yield from batch_indices(len(self.images), self.batch, self.gen, self.device)
@@ -324,8 +331,7 @@ def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
     res["ratio"] = res["ours"]["median_images_per_s"] / ref
     res["variant_ratios"] = {k: res[k]["median_images_per_s"] / ref for k in runs if k.startswith("ours_")}
     res["ours_precision"] = "bf16 autocast" if amp else "fp32"
-    res["ours_step"] = ("cuda graph" if isinstance(ours.step, GraphStep)
-                        else "compiled backbone" if ours.compiled else "eager")
+    res["ours_step"] = ours.step_kind
     res["ours_step_stats"] = dict(getattr(ours.step, "stats", {}))
     if "ours_compiled" in runs:
         res["ours_compiled_step_stats"] = dict(runs["ours_compiled"].step.stats)
@@ -513,8 +519,7 @@ def bench_flops(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
             "matmul_dtype": str(dt).replace("torch.", ""), "matmul_gflops": mm_gflops,
             "peak_gflops": peak, "fraction_of_peak": achieved / peak,
             "step_precision": "bf16 autocast" if amp else "fp32",
-            "step": ("cuda graph" if isinstance(ours.step, GraphStep)
-                     else "compiled backbone" if ours.compiled else "eager")}
+            "step": ours.step_kind}
 
 
 # ------------------------------------------------------------------ the whole run

@@ -27,11 +27,8 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: 
     out = []
     for i in range(0, len(x), batch):
         b = x[i:i + batch].contiguous(memory_format=layout)
-        if len(b) == batch:
+        with run_eagerly(len(b) != batch):
             out.append(fn(b).float())
-        else:
-            with run_eagerly():
-                out.append(fn(b).float())
     return torch.cat(out)
 
 

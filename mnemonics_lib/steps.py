@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -73,10 +73,10 @@ def compile_enabled(device: torch.device) -> bool:
     return False
 
 
-def run_eagerly():
-    """Run compiled modules eagerly inside the block (a batch of another size: one batch per
-    epoch does not deserve a second, dynamic-shape graph)."""
-    return torch.compiler.set_stance("force_eager")
+def run_eagerly(enabled: bool = True):
+    """Run compiled modules eagerly inside the block when ``enabled`` (a batch of another size:
+    one batch per epoch does not deserve a second, dynamic-shape graph); a no-op otherwise."""
+    return torch.compiler.set_stance("force_eager") if enabled else nullcontext()
 
 
 @contextmanager
@@ -252,10 +252,7 @@ class GraphStep(GraphReplay):
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self._failed or x.shape[0] != self.batch_size:
-            if self.compiled and x.shape[0] != self.batch_size:
-                with run_eagerly():
-                    self._eager(x, y, keep_grads=self._graph is not None)
-            else:
+            with run_eagerly(self.compiled and x.shape[0] != self.batch_size):
                 self._eager(x, y, keep_grads=self._graph is not None)
             return
         if self._graph is None or self._lrs != self._current_lrs():

@@ -20,7 +20,8 @@ def _eager_cpu_steps():
     """The trainer compiles its backbones on CPU (steps.compile_enabled): worth it for a
     10-minute run, not for the suite's hundreds of seconds-long ones (each new network shape
     compiles anew). Set in the environment, so notebook and study subprocesses inherit it;
-    tests/test_steps.py switches it on where compilation itself is tested."""
+    the tests of compilation itself (tests/test_steps.py, the bench's compiled train stage)
+    compile explicitly or switch it on again."""
     mp = pytest.MonkeyPatch()
     mp.setenv("MNEMONICS_CPU_COMPILE", "0")
     yield

@@ -15,6 +15,9 @@ from mnemonics_lib.steps import CompiledStep, EagerStep, GraphStep, compiled_bac
 from graph_recorder import Recorder
 
 
+SIZES = [8, 8, 8, 5]  # three full batches and the smaller last one, as batch_indices gives
+
+
 def _train(model, make, sizes, epochs=4, milestones=(1, 3)):
     """The trainer's loop shape: SGD + MultiStepLR, per-epoch batches of the given sizes."""
     g = torch.Generator().manual_seed(0)
@@ -34,10 +37,9 @@ def test_graph_step_replays_the_eager_training_exactly():
     torch.manual_seed(0)
     eager_model = build_net("resnet", 5, depth=8, width=4)
     graph_model = copy.deepcopy(eager_model)
-    sizes = [8, 8, 8, 5]  # three full batches and the smaller last one, as batch_indices gives
-    _train(eager_model, lambda opt, f: EagerStep(opt, f, False, "cpu"), sizes)
+    _train(eager_model, lambda opt, f: EagerStep(opt, f, False, "cpu"), SIZES)
     rec = Recorder(list(graph_model.parameters()))
-    step = _train(graph_model, lambda opt, f: GraphStep(opt, f, False, "cpu", 8, warmup=3, backend=rec), sizes)
+    step = _train(graph_model, lambda opt, f: GraphStep(opt, f, False, "cpu", 8, warmup=3, backend=rec), SIZES)
     for (name, a), b in zip(eager_model.state_dict().items(), graph_model.state_dict().values()):
         assert torch.equal(a, b), name  # same ops on the same data: bit-identical on a CPU
     # epoch 0: 3 warm-up steps + last batch eager; lr 0.1 never replays (milestone after epoch 0)
@@ -69,9 +71,6 @@ def test_a_failed_capture_falls_back_to_eager_training():
         assert torch.equal(a, b)
 
 
-SIZES = [8, 8, 8, 5]  # three full batches and the smaller last one
-
-
 def _eager_trained_and_twin(seed: int):
     """A tiny net trained 2 epochs by the eager step, and an untrained copy of its start."""
     torch.manual_seed(seed)
@@ -91,12 +90,11 @@ def test_compiled_step_trains_like_the_eager_step_and_compiles_one_graph():
     from torch._dynamo.utils import counters
 
     eager_model, model = _eager_trained_and_twin(3)
-    sizes = SIZES
     graphs_before = counters["stats"]["unique_graphs"]
     with compiled_backbones([model], True) as compiled:
         assert compiled and model.backbone._compiled_call_impl is not None
         step = _train(model, lambda opt, f: make_step(opt, f, False, torch.device("cpu"), 8, compiled),
-                      sizes, epochs=2, milestones=(1,))
+                      SIZES, epochs=2, milestones=(1,))
     assert isinstance(step, CompiledStep)
     assert step.stats == {"compiled": 6, "eager": 2}  # the 5-sample batches ran eagerly ...
     assert counters["stats"]["unique_graphs"] - graphs_before == 1  # ... so no dynamic-shape graph
@@ -129,12 +127,11 @@ def test_graph_step_with_compiled_backbones_keeps_the_small_batch_eager():
     from torch._dynamo.utils import counters
 
     eager_model, model = _eager_trained_and_twin(7)
-    sizes = SIZES
     graphs_before = counters["stats"]["unique_graphs"]
     with compiled_backbones([model], True):
         rec = Recorder(list(model.parameters()))
         step = _train(model, lambda opt, f: GraphStep(opt, f, False, "cpu", 8, warmup=2, backend=rec,
-                                                      compiled=True), sizes, epochs=2, milestones=(1,))
+                                                      compiled=True), SIZES, epochs=2, milestones=(1,))
     assert counters["stats"]["unique_graphs"] - graphs_before == 1
     # epoch 0: 2 warm-up, capture + 1 replay, last eager; epoch 1 (lr 0.01): capture, 3 replays, last eager
     assert step.stats == {"eager": 4, "replayed": 4, "captures": 2}
