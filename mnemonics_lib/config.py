@@ -121,6 +121,10 @@ class RunConfig:
     # optional: end the run after this phase (0-based), e.g. a sensitivity sweep that compares
     # settings on the first incremental phases only; the metrics then cover phases 0..last_phase
     last_phase: int | None = None
+    # optional: keep at most this many training images per class, a fixed subset drawn once with
+    # seed 0 (the same for every class order and training seed); None keeps them all. The CIFAR-10
+    # variant uses 500, CIFAR-100's number of training images per class (see README, Results)
+    train_per_class: int | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -149,6 +153,8 @@ class RunConfig:
         if self.last_phase is None:
             # added after the first runs were cached: absent when unused, so their hashes hold
             del d["last_phase"]
+        if self.train_per_class is None:
+            del d["train_per_class"]  # the same rule: added later, absent when unused
         return d
 
     def config_hash(self) -> str:
@@ -211,6 +217,15 @@ def _validate(c: RunConfig) -> None:
     if c.last_phase is not None and not (isinstance(c.last_phase, int) and 0 <= c.last_phase <= c.phases):
         raise ConfigError(f"last_phase must be an integer in 0..phases ({c.phases}) or None, "
                           f"got {c.last_phase!r}")
+    if c.train_per_class is not None:
+        if not isinstance(c.train_per_class, int) or c.train_per_class < 1:
+            raise ConfigError(f"train_per_class must be a positive integer or None (all images), "
+                              f"got {c.train_per_class!r}")
+        if c.memory_mode == "per_class" and c.train_per_class < c.memory_per_class:
+            raise ConfigError(
+                f"train_per_class={c.train_per_class} is below memory_per_class="
+                f"{c.memory_per_class}: a class could not fill its exemplar memory; keep at least "
+                f"{c.memory_per_class} training images per class")
     if c.dataset == "synthetic" and c.synthetic_classes < 2:
         raise ConfigError("synthetic_classes must be >= 2")
     m = c.mnemonics

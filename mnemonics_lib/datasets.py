@@ -194,6 +194,23 @@ def drop_class(data: ArrayData, class_name: str, name: str) -> ArrayData:
     )
 
 
+def cap_per_class(data: ArrayData, per_class: int, seed: int = 0) -> ArrayData:
+    """Keep at most ``per_class`` training images of every class, a subset drawn once with a
+    seeded permutation (file order kept among the survivors); the test split is untouched, so
+    accuracies stay comparable with the full set's. A class with fewer images keeps them all."""
+    rng = np.random.RandomState(seed)
+    order = rng.permutation(len(data.y_train))
+    keep = np.zeros(len(data.y_train), dtype=bool)
+    for c in np.unique(data.y_train):
+        picked = order[data.y_train[order] == c][:per_class]
+        keep[picked] = True
+    return ArrayData(
+        name=data.name, x_train=data.x_train[keep], y_train=data.y_train[keep],
+        x_test=data.x_test, y_test=data.y_test, class_names=data.class_names,
+        source=data.source + f" (at most {per_class} training images per class, subset seed {seed})",
+    )
+
+
 # ---------------------------------------------------------------- ImageFolder trees
 def _list_images(folder: Path, classes: list[str]) -> tuple[tuple[str, int], ...]:
     out = []

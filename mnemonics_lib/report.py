@@ -267,8 +267,11 @@ def _caption(what: str, dataset: str, profile: str, records: Sequence[Any],
     mem = sorted({(c["memory_mode"], c["memory_per_class"], c["memory_total"]) for c in configs})
     mem_txt = ", ".join(f"{m} exemplars/class" if mode == "per_class" else f"{t} exemplars in total"
                         for mode, m, t in mem)
+    caps = sorted({c.get("train_per_class") or 0 for c in configs})
+    cap_txt = "".join(f"; at most {n} training images per class (a fixed subset)" if n else
+                      ("; all training images" if len(caps) > 1 else "") for n in caps)
     return (f"{what} Mean ± std over seeds {seeds} (a seed fixes the class order and the training). "
-            f"Ours: {ds}; {profile_note(profile)}; {'/'.join(base)} classes in phase 0; "
+            f"Ours: {ds}{cap_txt}; {profile_note(profile)}; {'/'.join(base)} classes in phase 0; "
             f"memory: {mem_txt}. {availability(len(records), missing)}")
 
 

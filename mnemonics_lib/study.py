@@ -226,6 +226,7 @@ _COMMON = {
     "dataset": "caltech100",
     "profile": "quick",
     "memory_per_class": 20,
+    "train_per_class": None,
     "results_dir": "../results",
     "figures_dir": "../figures",
     "missing": "skip",
@@ -338,11 +339,14 @@ def notebook_parameters(notebook: str, params: Mapping[str, Any]) -> dict[str, A
 
 
 def common_fields(p: Mapping[str, Any]) -> dict[str, Any]:
-    """Config fields every run of a notebook shares: the memory size and, once the sweep has
+    """Config fields every run of a notebook shares: the memory size, the training-set cap
+    (``train_per_class``, when set) and, once the sweep has
     chosen them (``results/sweeps/mnemonics/choice.json`` under ``p["results_dir"]``), the
     mnemonics settings. The notebooks and the CLI build their configs with it, so both ask for
     the same runs."""
     common: dict[str, Any] = {"memory_per_class": int(p["memory_per_class"])}
+    if p.get("train_per_class") is not None:
+        common["train_per_class"] = int(p["train_per_class"])
     chosen = mnemonics_choice(results_root(p))
     if chosen:
         common["mnemonics"] = chosen

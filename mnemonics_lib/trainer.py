@@ -27,7 +27,7 @@ from . import metrics, protocol
 from .backbones import IncrementalNet, build_net, head_sizes
 from .checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .datasets import ArrayData, load_dataset
+from .datasets import ArrayData, cap_per_class, load_dataset
 from .evaluation import evaluate_phase
 from .exemplars import exemplar_stage
 from .memory import ExemplarMemory
@@ -66,6 +66,8 @@ def prepare_data(config: RunConfig, device: torch.device) -> StudyData:
         raise NotImplementedError(
             f"{config.dataset}: ImageNet-size training goes through pipeline.folder_loader; the "
             f"in-memory trainer handles 32x32 sets (see README, 'What is not reproduced here')")
+    if config.train_per_class is not None:
+        data = cap_per_class(data, config.train_per_class)
     order = protocol.class_order(config)
     return StudyData(
         train=DeviceImages(data.x_train, protocol.remap_labels(data.y_train, order), device),
@@ -90,6 +92,8 @@ def phase0_key(config: RunConfig, method: Method) -> str:
         "dataset", "base_classes", "class_order", "class_order_seed", "seed", "amp", "synthetic_classes")}
     fields.update(schedule=config.schedule.__dict__, cosine=method.cosine_head, loss=method.phase0_loss,
                   n_base=protocol.phase_plan(config).ends[0], version=1)
+    if config.train_per_class is not None:  # absent when unused, so earlier cache keys hold
+        fields["train_per_class"] = config.train_per_class
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 

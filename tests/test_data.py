@@ -329,6 +329,24 @@ def test_synthetic_is_deterministic_and_class_structured():
     assert load_dataset("synthetic", synthetic_classes=7).y_train.max() == 6
 
 
+def test_cap_per_class_keeps_a_fixed_subset_of_every_class():
+    """At most n training images per class, drawn once with a seed; smaller classes keep all;
+    the survivors are rows of the original arrays, in file order; the test split is untouched."""
+    y = np.array([0] * 10 + [1] * 3 + [2] * 7)
+    x = np.arange(len(y), dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2).repeat(3, 3)
+    full = ArrayData("toy", x, y, x[:4], y[:4], ("a", "b", "c"), "toy")
+    cut = datasets.cap_per_class(full, 5)
+    assert np.bincount(cut.y_train).tolist() == [5, 3, 5]
+    rows = cut.x_train[:, 0, 0, 0].astype(int)
+    assert rows.tolist() == sorted(rows.tolist()) and np.array_equal(y[rows], cut.y_train)
+    assert cut.x_test is full.x_test and cut.y_test is full.y_test
+    assert "at most 5 training images per class" in cut.source
+    again, other = datasets.cap_per_class(full, 5), datasets.cap_per_class(full, 5, seed=1)
+    assert np.array_equal(again.x_train, cut.x_train)
+    assert not np.array_equal(other.x_train, cut.x_train)
+    assert np.array_equal(datasets.cap_per_class(full, 10).x_train, x)  # a cap above every class
+
+
 # ------------------------------------------------------------------ the real offline copies
 @pytest.mark.skipif(not (SHARED_DATA / "caltech101_32" / "SHA256SUMS").exists(), reason="no offline data")
 def test_real_caltech100_and_cifar10_checksums():

@@ -11,6 +11,7 @@ import torch
 from mnemonics_lib import protocol, results, trainer
 from mnemonics_lib.backbones import CosineHead, LinearHead, build_net, head_sizes
 from mnemonics_lib.config import ConfigError, make_config
+from mnemonics_lib.methods import get_method
 from mnemonics_lib.memory import ExemplarMemory, herding_reference, herding_selection
 
 # Sized on 2 shared CPU cores: 8 synthetic classes, B4 + 2 phases of 2 classes, ResNet-8 width 8.
@@ -226,6 +227,27 @@ def test_last_phase_truncates_a_run_to_its_first_phases(tmp_path, monkeypatch):
 def test_last_phase_outside_the_run_is_refused(bad):
     with pytest.raises(ConfigError, match="last_phase"):
         make_config(dataset="synthetic", synthetic_classes=4, phases=2, profile="smoke", last_phase=bad)
+
+
+def test_train_per_class_caps_the_training_set_and_enters_hash_and_phase0_key(monkeypatch, tmp_path):
+    full = make_config(method="lucir", dataset="synthetic", synthetic_classes=4, phases=2, profile="smoke",
+                       memory_per_class=5)
+    cut = full.replace(train_per_class=7)
+    assert "train_per_class" not in full.to_dict()  # absent when unused: hashes of earlier runs hold
+    assert cut.to_dict()["train_per_class"] == 7 and cut.config_hash() != full.config_hash()
+    lucir = get_method("lucir")
+    assert trainer.phase0_key(full, lucir) != trainer.phase0_key(cut, lucir)
+    a, b = trainer.prepare_data(full, torch.device("cpu")), trainer.prepare_data(cut, torch.device("cpu"))
+    assert torch.bincount(b.train.y).tolist() == [7] * 4
+    assert len(a.train) == 4 * 60 and torch.equal(a.test.y, b.test.y)
+
+
+@pytest.mark.parametrize("bad, match", [(0, "positive integer"), (2.5, "positive integer"),
+                                        (4, "below memory_per_class=5")])
+def test_train_per_class_that_cannot_work_is_refused(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        make_config(dataset="synthetic", synthetic_classes=4, phases=2, profile="smoke",
+                    memory_per_class=5, train_per_class=bad)
 
 
 def test_two_threads_and_an_odd_last_batch_train_on_cpu(tmp_path):

@@ -157,7 +157,11 @@ def test_select_tasks_by_artifact():
     tsne = study.select_tasks(tasks, ["exemplar_images"])
     assert len(tsne) == 3 and all(t.kind == "snapshot" for t in tsne)
     assert len(study.select_tasks(tasks, ["table1"])) == 45 + 15  # the variant belongs to table1 too
-    assert len(study.select_tasks(tasks, ["table1[cifar10]"])) == 15
+    cifar = study.select_tasks(tasks, ["table1[cifar10]"])
+    assert len(cifar) == 15
+    # the quick CIFAR-10 variant keeps CIFAR-100's 500 training images per class; the rest keep all
+    assert {(t.config.dataset, t.config.train_per_class) for t in cifar} == {("cifar10", 500)}
+    assert {t.config.train_per_class for t in tasks if t.config.dataset == "caltech100"} == {None}
     with pytest.raises(study.ParameterError, match="known"):
         study.select_tasks(tasks, ["tabel1"])
 
@@ -314,6 +318,10 @@ def test_run_configs_skip_returns_what_exists_and_lists_the_rest(tmp_path, monke
     assert wide.loc["iCaRL", "N=5 ours"] == "77.50 ± 0.71"
     assert (t.wide == report.NOT_RUN).to_numpy().sum() == 4  # lucir N=5 and every N=10 cell
     assert "Runs available: 3 of 12; 9 not run" in t.caption
+    assert "training images" not in t.caption  # no cap, nothing said
+    capped = report.table1(recs, dataset="caltech100", profile="quick",
+                           missing=[c.replace(train_per_class=30) for c in absent])
+    assert "; all training images; at most 30 training images per class (a fixed subset);" in capped.caption
     side = json.loads(report.save_table(t, tmp_path / "fig")[2].read_text())
     assert side["n_runs"] == 3 and side["n_runs_wanted"] == 12 and not side["complete"]
     assert [d["config_hash"] for d in side["not_run"]] == [c.config_hash() for c in absent]
