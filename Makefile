@@ -24,6 +24,7 @@ test: setup
 
 figures: setup
 	$(PY) scripts/study.py figures --profile $(PROFILE)
+	$(PY) scripts/study.py readme --profile $(PROFILE)
 
 results: setup
 	$(PY) scripts/study.py results --profile $(PROFILE) --jobs $(JOBS)

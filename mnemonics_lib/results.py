@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .atomic import fsync_dir
+from .atomic import TMP_MARK, fsync_dir, write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,7 +52,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _FILES = ("config.json", "metrics.json", "env.json")
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = TMP_MARK
 _LOCKS = ".locks"  # per study folder: who is computing which run right now (ignored by git)
 _CORRUPT_MARK = ".corrupt-"
 
@@ -99,25 +99,12 @@ class InvalidRunError(ValueError):
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path``: temp file in the same folder, fsync, ``os.replace``.
+    """Write ``obj`` as JSON to ``path`` atomically (:func:`atomic.write_text_atomic`).
 
     Readers see the old file or the new one, never a prefix.  NaN is written as
     ``NaN`` (Python's JSON dialect) so undefined metrics survive a round trip.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_PREFIX}", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def run_dir_name(config: RunConfig) -> str:

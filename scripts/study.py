@@ -4,6 +4,7 @@
     python scripts/study.py results --profile quick --jobs 2 --time-limit 36000
     python scripts/study.py results --profile quick --only table1,figure4_curves --dry-run
     python scripts/study.py figures --profile quick
+    python scripts/study.py readme --profile quick
 
 ``results`` reads ``params/<profile>.yaml``, enumerates every run of every notebook in priority
 order (``mnemonics_lib.study.all_configs``) and computes the missing ones (resumable: finished runs
@@ -167,6 +168,33 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_readme(args: argparse.Namespace) -> int:
+    """Rewrite the README's generated Table-1 blocks (every seed, hash and device) from results/."""
+    from mnemonics_lib import readme, study
+    from mnemonics_lib.atomic import write_text_atomic
+
+    params = load_params(args.profile)
+    root = notebook_path(params.get("results_dir", "../results"))
+    blocks: dict[str, str] = {}
+    for vparams in [params] + [vp for _, nbs, vp in study.variant_params(params) if "table1" in nbs]:
+        p = study.notebook_parameters("table1", vparams)
+        configs = study.table1_configs(p["dataset"], p["phases"], p["seeds"], p["methods"], p["profile"],
+                                       **study.common_fields(p))
+        recs = study.run_configs(configs, root, missing="skip")
+        blocks.update(readme.table1_blocks(recs, p["dataset"], p["profile"], p["phases"], p["seeds"]))
+    path = Path(args.readme)
+    text = path.read_text()
+    present = {k: v for k, v in blocks.items() if readme.BEGIN.format(k) in text}
+    for name in sorted(set(blocks) - set(present)):
+        print(f"no block {name!r} in {path} (add {readme.BEGIN.format(name)!r} and "
+              f"{readme.END.format(name)!r} to show it)")
+    new = readme.update(text, present)
+    if new != text:
+        write_text_atomic(path, new)
+    print(f"{path}: {len(present)} generated block(s), {'rewritten' if new != text else 'unchanged'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -195,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--compute-missing", action="store_true",
                    help="compute every missing run at the profile (= --missing compute; hours at quick)")
     f.set_defaults(func=cmd_figures)
+    m = sub.add_parser("readme", help="rewrite the README's generated Table-1 blocks from results/")
+    m.add_argument("--profile", default="quick")
+    m.add_argument("--readme", default=str(ROOT / "README.md"), help="the file to rewrite")
+    m.set_defaults(func=cmd_readme)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return args.func(args)

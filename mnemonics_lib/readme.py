@@ -1,0 +1,129 @@
+"""The README's generated blocks: Table 1 seed by seed, read from the run ledger.
+
+The README shows every measured seed (not only mean ± std), the config hash and the device of
+each run, and the paired difference to LUCIR (herding). Typing those by hand went stale twice, so
+``python scripts/study.py readme --profile quick`` (run by ``make figures``) rewrites the text
+between the markers
+
+    <!-- generated: NAME -->
+    ...
+    <!-- /generated: NAME -->
+
+and nothing else. A block the README does not have is an error that names the markers to add.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from . import paper_numbers
+from .study import SEEDS, as_list, spec_of
+
+BEGIN = "<!-- generated: {} -->"
+END = "<!-- /generated: {} -->"
+REFERENCE = "lucir"  # the paired differences are taken against LUCIR with herding exemplars
+
+
+class ReadmeError(ValueError):
+    """The README lacks a generated block's markers, or has them out of order."""
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    spec: str
+    metric: str = "aia_cnn"  # iCaRL is scored with its NME classifier, as Table 1 reports it
+
+
+TABLE1_ROWS = (
+    Row("LwF", "lwf"),
+    Row("iCaRL (NME)", "icarl", "aia_nme"),
+    Row("BiC", "bic"),
+    Row("LUCIR (herding)", "lucir"),
+    Row("LUCIR w/ mnemonics", "lucir_mnemonics"),
+)
+
+
+def device_of(env: Mapping[str, Any]) -> str:
+    """A short device label: the GPU's model, or CPU (``compiled`` when its steps were)."""
+    name = str(env.get("device", "?"))
+    for gpu in ("H200", "H100", "A100"):
+        if gpu in name:
+            return gpu
+    if "cuda" in name.lower() or "nvidia" in name.lower():
+        return name
+    return "CPU compiled" if env.get("cpu_compile") else "CPU"
+
+
+def _by_seed(records: Iterable[Any], spec: str, phases: int, metric: str) -> dict[int, tuple[float, Any]]:
+    out = {}
+    for r in records:
+        if spec_of(r.config) == spec and r.config["phases"] == phases:
+            out[int(r.config["seed"])] = (float(r.metrics[metric]), r)
+    return out
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if len(values) < 2:
+        return ""
+    return f" ({statistics.mean(values):.2f} ± {statistics.stdev(values):.2f})"
+
+
+def paired_deltas(records: Iterable[Any], spec: str, phases: int, seeds: Sequence[int] = SEEDS,
+                  metric: str = "aia_cnn", reference: str = REFERENCE) -> dict[int, float]:
+    """``spec`` minus the reference (CNN AIA of LUCIR w/ herding) on every seed both have."""
+    records = list(records)
+    ours, ref = _by_seed(records, spec, phases, metric), _by_seed(records, reference, phases, "aia_cnn")
+    return {s: ours[s][0] - ref[s][0] for s in seeds if s in ours and s in ref}
+
+
+def seed_table(records: Iterable[Any], phases: int, dataset: str, seeds: Sequence[int] = SEEDS,
+               rows: Sequence[Row] = TABLE1_ROWS) -> str:
+    """A Markdown table: one row per method, the AIA of each seed ("not run" where absent) with
+    mean ± std, the paired difference to LUCIR (herding), the paper's number and tag, the config
+    hashes and the devices."""
+    records = list(records)
+    head = (f"| method | AIA, seed {' / '.join(map(str, seeds))} (mean ± std) | Δ vs LUCIR (herding), "
+            f"paired by seed | paper (N = {phases}) | config hashes | device |")
+    lines = [head, "|---|---|---|---|---|---|"]
+    for row in rows:
+        got = _by_seed(records, row.spec, phases, row.metric)
+        vals = [got[s][0] for s in seeds if s in got]
+        cells = " / ".join(f"{got[s][0]:.2f}" if s in got else "not run" for s in seeds)
+        if row.spec == REFERENCE:
+            delta = "(reference)"
+        else:
+            d = paired_deltas(records, row.spec, phases, seeds, row.metric)
+            delta = " / ".join(f"{v:+.2f}" for v in d.values()) + (
+                f" (mean {statistics.mean(d.values()):+.2f})" if len(d) > 1 else "") if d else ""
+        paper = paper_numbers.table1_number(row.spec, dataset, phases)
+        paper_txt = f"{paper.value:.2f} {paper.tag}" if paper else "none"
+        hashes = ", ".join(got[s][1].config["config_hash"] for s in seeds if s in got)
+        devices = ", ".join(f"{s}: {device_of(got[s][1].env)}" for s in seeds if s in got)
+        lines.append(f"| {row.label} | {cells}{_mean_std(vals)} | {delta} | {paper_txt} | {hashes} | {devices} |")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """``text`` with the lines between the markers of block ``name`` replaced by ``body``."""
+    begin, end = BEGIN.format(name), END.format(name)
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < 0 or j < i:
+        raise ReadmeError(f"README block {name!r} not found: put the two lines {begin!r} and {end!r} "
+                          f"where its table belongs")
+    return text[: i + len(begin)] + "\n" + body.rstrip("\n") + "\n" + text[j:]
+
+
+def table1_blocks(records: Iterable[Any], dataset: str, profile: str, phases: Any,
+                  seeds: Sequence[int] = SEEDS) -> dict[str, str]:
+    """One block per N, named ``table1-<dataset>-<profile>-N<N>``."""
+    records = list(records)
+    return {f"table1-{dataset}-{profile}-N{n}": seed_table(records, int(n), dataset, as_list(seeds))
+            for n in as_list(phases)}
+
+
+def update(text: str, blocks: Mapping[str, str]) -> str:
+    for name, body in blocks.items():
+        text = replace_block(text, name, body)
+    return text

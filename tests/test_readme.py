@@ -1,0 +1,67 @@
+"""The README's generated blocks: exact tables from fake records, and the block splice."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from mnemonics_lib import readme
+from mnemonics_lib.config import make_config
+from mnemonics_lib.study import parse_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fake(spec: str, seed: int, aia: float, device: str = "Intel(R) Xeon(R)", compiled: bool = False,
+         phases: int = 5, nme: float | None = None):
+    c = make_config(**parse_spec(spec), dataset="caltech100", phases=phases, seed=seed, class_order_seed=seed)
+    config = {**c.to_dict(), "config_hash": c.config_hash()}
+    return SimpleNamespace(config=config, metrics={"aia_cnn": aia, "aia_nme": aia + 1 if nme is None else nme},
+                           env={"device": device, "cpu_compile": compiled}, path=Path(c.config_hash()))
+
+
+def test_seed_table_is_exact():
+    recs = [fake("lucir", 1993, 40.0), fake("lucir", 1994, 30.0, "NVIDIA H200"),
+            fake("lucir_mnemonics", 1993, 41.5, compiled=True), fake("lucir_mnemonics", 1994, 29.0),
+            fake("icarl", 1993, 5.0, nme=7.25),
+            fake("lucir", 1993, 99.0, phases=10)]  # another N: ignored
+    rows = (readme.Row("LUCIR (herding)", "lucir"), readme.Row("LUCIR w/ mnemonics", "lucir_mnemonics"),
+            readme.Row("iCaRL (NME)", "icarl", "aia_nme"), readme.Row("BiC", "bic"))
+    table = readme.seed_table(recs, 5, "caltech100", seeds=(1993, 1994), rows=rows).splitlines()
+    h = {r.config["seed"]: r.config["config_hash"] for r in recs if r.config["method"] == "lucir"
+         and r.config["exemplars"] == "herding" and r.config["phases"] == 5}
+    m = {r.config["seed"]: r.config["config_hash"] for r in recs if r.config["exemplars"] == "mnemonics"}
+    assert table[0].startswith("| method | AIA, seed 1993 / 1994 (mean ± std) | Δ vs LUCIR (herding)")
+    assert table[2] == (f"| LUCIR (herding) | 40.00 / 30.00 (35.00 ± 7.07) | (reference) | 63.17 [3p] | "
+                        f"{h[1993]}, {h[1994]} | 1993: CPU, 1994: H200 |")
+    assert table[3] == (f"| LUCIR w/ mnemonics | 41.50 / 29.00 (35.25 ± 8.84) | +1.50 / -1.00 (mean +0.25) | "
+                        f"63.34 [3p] | {m[1993]}, {m[1994]} | 1993: CPU compiled, 1994: CPU |")
+    assert table[4].startswith("| iCaRL (NME) | 7.25 / not run | -32.75 | 57.12 [3p] | ")
+    assert table[5] == "| BiC | not run / not run |  | 59.36 [recalled] |  |  |"
+    # no paper number for a dataset the paper did not use
+    assert "| (reference) | none |" in readme.seed_table(recs[:1], 5, "cifar10", seeds=(1993,), rows=rows[:1])
+
+
+def test_replace_block_touches_only_its_block():
+    text = "intro\n<!-- generated: a -->\nold\n<!-- /generated: a -->\nmiddle\n"
+    assert readme.replace_block(text, "a", "new 1\nnew 2\n") == (
+        "intro\n<!-- generated: a -->\nnew 1\nnew 2\n<!-- /generated: a -->\nmiddle\n")
+    with pytest.raises(readme.ReadmeError, match="<!-- generated: b -->"):
+        readme.replace_block(text, "b", "x")
+    with pytest.raises(readme.ReadmeError):
+        readme.replace_block("<!-- /generated: a -->\n<!-- generated: a -->\n", "a", "x")
+
+
+def test_committed_readme_blocks_match_the_committed_results(tmp_path):
+    """`scripts/study.py readme` on the committed results leaves the committed README unchanged:
+    its tables are what results/ holds, not typed by hand."""
+    copy = tmp_path / "README.md"
+    copy.write_text((ROOT / "README.md").read_text())
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "readme", "--profile", "quick",
+                          "--readme", str(copy)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "unchanged" in out.stdout, out.stdout
+    assert "<!-- generated: table1-caltech100-quick-N5 -->" in copy.read_text()
