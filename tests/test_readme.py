@@ -41,6 +41,10 @@ def test_seed_table_is_exact():
                         f"63.34 [3p] | {m[1993]}, {m[1994]} | 1993: CPU compiled, 1994: CPU |")
     assert table[4].startswith("| iCaRL (NME) | 7.25 / not run | -32.75 | 57.12 [3p] | ")
     assert table[5] == "| BiC | not run / not run |  | 59.36 [recalled] |  |  |"
+    assert readme.ordering_line(recs, 5, (1993, 1994), rows) == (
+        "The paper's ordering, pair by pair (seeds where it holds, of the seeds both have): "
+        "LUCIR (herding) < LUCIR w/ mnemonics: 1 of 2; LUCIR w/ mnemonics < iCaRL (NME): 0 of 1; "
+        "iCaRL (NME) < BiC: 0 of 0.")
     # no paper number for a dataset the paper did not use
     assert "| (reference) | none |" in readme.seed_table(recs[:1], 5, "cifar10", seeds=(1993,), rows=rows[:1])
 
