@@ -60,12 +60,13 @@ def test_replace_block_touches_only_its_block():
 
 
 def test_committed_readme_blocks_match_the_committed_results(tmp_path):
-    """`scripts/study.py readme` on the committed results leaves the committed README unchanged:
-    its tables are what results/ holds, not typed by hand."""
+    """`scripts/study.py readme` (quick and paper profiles) on the committed results leaves the
+    committed README unchanged: its tables are what results/ holds, not typed by hand."""
     copy = tmp_path / "README.md"
     copy.write_text((ROOT / "README.md").read_text())
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "readme", "--profile", "quick",
-                          "--readme", str(copy)], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    assert "unchanged" in out.stdout, out.stdout
+    for profile in ("quick", "paper"):
+        out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "readme", "--profile", profile,
+                              "--readme", str(copy)], capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        assert "unchanged" in out.stdout, out.stdout
     assert "<!-- generated: table1-caltech100-quick-N5 -->" in copy.read_text()
