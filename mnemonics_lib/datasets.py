@@ -200,10 +200,10 @@ def cap_per_class(data: ArrayData, per_class: int, seed: int = 0) -> ArrayData:
     accuracies stay comparable with the full set's. A class with fewer images keeps them all."""
     rng = np.random.RandomState(seed)
     order = rng.permutation(len(data.y_train))
+    y_in_order = data.y_train[order]
     keep = np.zeros(len(data.y_train), dtype=bool)
     for c in np.unique(data.y_train):
-        picked = order[data.y_train[order] == c][:per_class]
-        keep[picked] = True
+        keep[order[y_in_order == c][:per_class]] = True
     return ArrayData(
         name=data.name, x_train=data.x_train[keep], y_train=data.y_train[keep],
         x_test=data.x_test, y_test=data.y_test, class_names=data.class_names,

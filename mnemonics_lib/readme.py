@@ -9,7 +9,8 @@ between the markers
     ...
     <!-- /generated: NAME -->
 
-and nothing else. A block the README does not have is an error that names the markers to add.
+and nothing else. :func:`replace_block` refuses a block the README lacks, naming the markers to
+add; the CLI writes only the blocks the README has and lists the others.
 """
 from __future__ import annotations
 
@@ -70,20 +71,13 @@ def _mean_std(values: Sequence[float]) -> str:
     return f" ({statistics.mean(values):.2f} ± {statistics.stdev(values):.2f})"
 
 
-def paired_deltas(records: Iterable[Any], spec: str, phases: int, seeds: Sequence[int] = SEEDS,
-                  metric: str = "aia_cnn", reference: str = REFERENCE) -> dict[int, float]:
-    """``spec`` minus the reference (CNN AIA of LUCIR w/ herding) on every seed both have."""
-    records = list(records)
-    ours, ref = _by_seed(records, spec, phases, metric), _by_seed(records, reference, phases, "aia_cnn")
-    return {s: ours[s][0] - ref[s][0] for s in seeds if s in ours and s in ref}
-
-
 def seed_table(records: Iterable[Any], phases: int, dataset: str, seeds: Sequence[int] = SEEDS,
                rows: Sequence[Row] = TABLE1_ROWS) -> str:
     """A Markdown table: one row per method, the AIA of each seed ("not run" where absent) with
     mean ± std, the paired difference to LUCIR (herding), the paper's number and tag, the config
     hashes and the devices."""
     records = list(records)
+    ref = _by_seed(records, REFERENCE, phases, "aia_cnn")  # the paired differences' baseline
     head = (f"| method | AIA, seed {' / '.join(map(str, seeds))} (mean ± std) | Δ vs LUCIR (herding), "
             f"paired by seed | paper (N = {phases}) | config hashes | device |")
     lines = [head, "|---|---|---|---|---|---|"]
@@ -94,9 +88,10 @@ def seed_table(records: Iterable[Any], phases: int, dataset: str, seeds: Sequenc
         if row.spec == REFERENCE:
             delta = "(reference)"
         else:
-            d = paired_deltas(records, row.spec, phases, seeds, row.metric)
-            delta = " / ".join(f"{v:+.2f}" for v in d.values()) + (
-                f" (mean {statistics.mean(d.values()):+.2f})" if len(d) > 1 else "") if d else ""
+            d = [got[s][0] - ref[s][0] for s in seeds if s in got and s in ref]
+            delta = " / ".join(f"{v:+.2f}" for v in d)
+            if len(d) > 1:
+                delta += f" (mean {statistics.mean(d):+.2f})"
         paper = paper_numbers.table1_number(row.spec, dataset, phases)
         paper_txt = f"{paper.value:.2f} {paper.tag}" if paper else "none"
         hashes = ", ".join(got[s][1].config["config_hash"] for s in seeds if s in got)

@@ -178,9 +178,7 @@ def cmd_readme(args: argparse.Namespace) -> int:
     blocks: dict[str, str] = {}
     for vparams in [params] + [vp for _, nbs, vp in study.variant_params(params) if "table1" in nbs]:
         p = study.notebook_parameters("table1", vparams)
-        configs = study.table1_configs(p["dataset"], p["phases"], p["seeds"], p["methods"], p["profile"],
-                                       **study.common_fields(p))
-        recs = study.run_configs(configs, root, missing="skip")
+        recs = study.run_configs(study.notebook_configs("table1", vparams), root, missing="skip")
         blocks.update(readme.table1_blocks(recs, p["dataset"], p["profile"], p["phases"], p["seeds"]))
     path = Path(args.readme)
     text = path.read_text()

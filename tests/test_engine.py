@@ -229,7 +229,7 @@ def test_last_phase_outside_the_run_is_refused(bad):
         make_config(dataset="synthetic", synthetic_classes=4, phases=2, profile="smoke", last_phase=bad)
 
 
-def test_train_per_class_caps_the_training_set_and_enters_hash_and_phase0_key(monkeypatch, tmp_path):
+def test_train_per_class_caps_the_training_set_and_enters_hash_and_phase0_key():
     full = make_config(method="lucir", dataset="synthetic", synthetic_classes=4, phases=2, profile="smoke",
                        memory_per_class=5)
     cut = full.replace(train_per_class=7)
