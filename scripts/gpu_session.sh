@@ -9,11 +9,15 @@
 #        paper-profile LUCIR run took 420 s beside five other processes on an H200);
 #      - PAPER_MNEMONICS=1: the paper-profile LUCIR w/ mnemonics N = 10 run, one process (its
 #        exemplar stage is not graphed: its log gives the per-phase time even when it cannot finish);
+#        PAPER_RUNS=0 leaves the paper-profile runs out;
 #      - quick-profile runs the notebooks need (QUICK_MATCH; default: all but cifar10, whose
 #        data cannot travel; mnemonics runs included: at quick, M = 10, their exemplar stage is
 #        ~30 hypergradients per phase, seconds on a GPU), JOBS processes, nothing new launched
-#        after QUICK_LIMIT seconds;
-#   3. results/ (new runs, benchmark files) packed into $OUT/results.tgz, logs beside it.
+#        after QUICK_LIMIT seconds; QUICK2_MATCH (optional) starts a second such process of
+#        JOBS2 processes, so that long runs and short ones proceed side by side;
+#   3. results/ (new runs, benchmark files) packed into $OUT/results.tgz, logs beside it, and
+#      the phase checkpoints of runs cut off at END_AT into $OUT/checkpoints.tgz: a later GPU
+#      session that carries checkpoints/ resumes them instead of starting again.
 # Runs are written atomically: a stop at END_AT loses only the runs in flight. What the runs write
 # on the device lives only until the next call copies the tree there again (seen 2026-11-26: a
 # second call on the warm machine no longer had the first call's run folders, but still had the
@@ -45,6 +49,7 @@ now() { echo $(( $(date +%s) - start )); }
 stamp() { echo "[gpu_session +$(now)s] $*"; }
 pack() {
   tar czf "$OUT/results.tgz" --exclude='.tmp-*' results "$( [ "$SMALL" = 1 ] && echo build/smoke_results )" 2>/dev/null
+  [ -d "$MNEMONICS_CHECKPOINTS/runs" ] && tar czf "$OUT/checkpoints.tgz" -C "$MNEMONICS_CHECKPOINTS" runs 2>/dev/null
   ls -la "$OUT"; stamp "packed"
 }
 trap pack EXIT
@@ -52,8 +57,9 @@ trap pack EXIT
 stamp "device: $($PY -c 'import torch;print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", torch.__version__)'); commit ${MNEMONICS_GIT_COMMIT:-unknown}"
 if [ "${TIMING:-1}" = 1 ]; then
   stamp "benchmark and projection, alone on the device"
-  GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="bench projection" GPU_CHECK_BUDGET_S=260 GPU_CHECK_TAG=timing \
-      timeout 280 env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_timing.log" 2>&1
+  # 320 s: the benchmark compiles the backbones for its ours_compiled variant (inductor, ~1 min)
+  GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="bench projection" GPU_CHECK_BUDGET_S=320 GPU_CHECK_TAG=timing \
+      timeout 340 env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_timing.log" 2>&1
   echo "gpu_check timing rc=$?" >> "$OUT/gpu_timing.log"
   grep -E "ratio|projected|rc=|graph" "$OUT/gpu_timing.log" | tail -n 30
 fi
@@ -63,9 +69,18 @@ stamp "side by side: gpu tests, paper runs, quick runs ($(left)s left)"
 GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="pytest" GPU_CHECK_BUDGET_S=$(( $(left) - 20 )) GPU_CHECK_TAG=tests \
     timeout "$(left)" env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_tests.log" 2>&1 &
 tests_pid=$!
-timeout "$(left)" $PY scripts/study.py results --profile "$PAPER" --only table1 --match "$PAPER_MATCH" \
-    --jobs "${PAPER_JOBS:-1}" --threads "$THREADS" --device "$DEVICE" > "$OUT/paper_runs.log" 2>&1 &
-paper_pid=$!
+paper_pid=
+if [ "${PAPER_RUNS:-1}" = 1 ]; then
+  timeout "$(left)" $PY scripts/study.py results --profile "$PAPER" --only table1 --match "$PAPER_MATCH" \
+      --jobs "${PAPER_JOBS:-1}" --threads "$THREADS" --device "$DEVICE" > "$OUT/paper_runs.log" 2>&1 &
+  paper_pid=$!
+fi
+q2_pid=
+if [ -n "${QUICK2_MATCH:-}" ]; then
+  timeout "$(left)" $PY scripts/study.py results --profile "$QUICK" --match "$QUICK2_MATCH" --jobs "${JOBS2:-2}" \
+      --threads "$THREADS" --device "$DEVICE" --time-limit "$QUICK_LIMIT" > "$OUT/quick2_runs.log" 2>&1 &
+  q2_pid=$!
+fi
 mn_pid=
 if [ "${PAPER_MNEMONICS:-0}" = 1 ]; then
   timeout "$(left)" $PY scripts/study.py results --profile "$PAPER" --only table1 \
@@ -75,9 +90,11 @@ fi
 timeout "$(left)" $PY scripts/study.py results --profile "$QUICK" --match "$QUICK_MATCH" --jobs "$JOBS" \
     --threads "$THREADS" --device "$DEVICE" --time-limit "$QUICK_LIMIT" > "$OUT/quick_runs.log" 2>&1
 echo "quick rc=$?" >> "$OUT/quick_runs.log"
-for pid in $tests_pid $paper_pid $mn_pid; do wait "$pid"; echo "pid $pid rc=$?"; done
-echo "paper runs:"; grep -E "computed|done|FAILED|phase [0-9]+:" "$OUT/paper_runs.log" | tail -n 15
+for pid in $tests_pid $paper_pid $mn_pid $q2_pid; do wait "$pid"; echo "pid $pid rc=$?"; done
+[ -n "$paper_pid" ] && { echo "paper runs:"; grep -E "computed|done|FAILED|phase [0-9]+:" "$OUT/paper_runs.log" | tail -n 15; }
 [ -n "$mn_pid" ] && { echo "paper mnemonics:"; grep -E "phase [0-9]+:|exemplar|done" "$OUT/paper_mnemonics.log" | tail -n 8; }
-echo "quick runs:"; grep -cE "^done " "$OUT/quick_runs.log"; grep -E "FAILED|Error" "$OUT/quick_runs.log" | head -n 5
+for f in "$OUT"/quick*_runs.log; do
+  echo "$f: $(grep -cE "^done " "$f") done"; grep -E "^done |FAILED|Error" "$f" | cut -c1-110 | head -n 12
+done
 echo "gpu tests:"; grep -E "passed|failed|AIA|graph steps|rc=" "$OUT/gpu_tests.log" | tail -n 8
 stamp "done"

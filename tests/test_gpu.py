@@ -87,38 +87,6 @@ def test_compiled_backbones_inside_the_graphed_step_train_like_the_graphed_step(
             torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3, msg=name)  # fp32, fused kernels
 
 
-def _aia(amp: bool, seed: int, device: str = "cuda") -> float:
-    cfg = make_config(dataset="synthetic", profile="smoke", method="lucir", amp=amp, seed=seed,
-                      epochs_override=EPOCHS)
-    return run_incremental(cfg, device, checkpoints=False, share_phase0=False)["aia_cnn"]
-
-
-def _same_within_seed_noise(a: list[float], b: list[float], what: str) -> None:
-    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-    tol = max(FLOOR, 3 * se)
-    diff = statistics.mean(a) - statistics.mean(b)
-    print(f"AIA {what}: {a} vs {b}: difference {diff:+.2f}, tolerance {tol:.2f}")
-    # both must actually learn, or equal accuracies would mean nothing
-    assert min(statistics.mean(a), statistics.mean(b)) > 2 * CHANCE_AIA
-    assert abs(diff) <= tol
-
-
-def test_bf16_matches_float32_within_seed_noise():
-    _same_within_seed_noise([_aia(True, s) for s in SEEDS], [_aia(False, s) for s in SEEDS], "bf16 vs fp32")
-
-
-def test_cuda_graph_steps_match_eager_steps_within_seed_noise(monkeypatch):
-    before = dict(GRAPH_TOTALS)
-    graphed = [_aia(False, s) for s in SEEDS]
-    used = {k: GRAPH_TOTALS[k] - before.get(k, 0) for k in ("replayed", "captures", "failed")}
-    monkeypatch.setenv("MNEMONICS_CUDA_GRAPHS", "0")
-    eager = [_aia(False, s) for s in SEEDS]
-    print(f"graph steps: {used}")
-    # every LUCIR phase (old model, distillation, masked margin ranking) captured without a fallback
-    assert used["failed"] == 0 and used["replayed"] > used["captures"] > 0
-    _same_within_seed_noise(graphed, eager, "cuda graphs vs eager")
-
-
 def test_replayed_hypergradients_match_eager_ones_on_cuda(monkeypatch):
     """The mnemonics outer loop with its hypergradients replayed from a CUDA graph moves the
     exemplars as the eager loop does (up to cuDNN's floating-point nondeterminism)."""
@@ -145,3 +113,61 @@ def test_replayed_hypergradients_match_eager_ones_on_cuda(monkeypatch):
           f"{float((graphed - eager).norm() / moved):.2e}")
     assert used.get("hypergradient_failed", 0) == 0 and used.get("hypergradient_replayed", 0) == 7
     assert float(moved) > 0 and float((graphed - eager).norm()) <= 1e-3 * float(moved)
+
+
+# (amp, seed, MNEMONICS_CUDA_GRAPHS, MNEMONICS_CUDA_COMPILE) -> (AIA, graph counters it moved):
+# the float32 graphed runs are the reference of three tests, so each is computed once per session
+_RUNS: dict[tuple, tuple[float, dict[str, int]]] = {}
+
+
+def _aia(amp: bool, seed: int, graphs: bool = True, compiled: bool = False) -> float:
+    return _run(amp, seed, graphs, compiled)[0]
+
+
+def _run(amp: bool, seed: int, graphs: bool = True, compiled: bool = False) -> tuple[float, dict[str, int]]:
+    key = (amp, seed, graphs, compiled)
+    if key not in _RUNS:
+        cfg = make_config(dataset="synthetic", profile="smoke", method="lucir", amp=amp, seed=seed,
+                          epochs_override=EPOCHS)
+        env = {"MNEMONICS_CUDA_GRAPHS": "1" if graphs else "0", "MNEMONICS_CUDA_COMPILE": "1" if compiled else "0"}
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            before = dict(GRAPH_TOTALS)
+            aia = run_incremental(cfg, "cuda", checkpoints=False, share_phase0=False)["aia_cnn"]
+            used = {k: GRAPH_TOTALS[k] - before.get(k, 0) for k in ("replayed", "captures", "failed")}
+        _RUNS[key] = (aia, used)
+    return _RUNS[key]
+
+
+def _same_within_seed_noise(a: list[float], b: list[float], what: str) -> None:
+    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+    tol = max(FLOOR, 3 * se)
+    diff = statistics.mean(a) - statistics.mean(b)
+    print(f"AIA {what}: {a} vs {b}: difference {diff:+.2f}, tolerance {tol:.2f}")
+    # both must actually learn, or equal accuracies would mean nothing
+    assert min(statistics.mean(a), statistics.mean(b)) > 2 * CHANCE_AIA
+    assert abs(diff) <= tol
+
+
+def test_bf16_matches_float32_within_seed_noise():
+    _same_within_seed_noise([_aia(True, s) for s in SEEDS], [_aia(False, s) for s in SEEDS], "bf16 vs fp32")
+
+
+def test_cuda_graph_steps_match_eager_steps_within_seed_noise():
+    graphed = [_aia(False, s) for s in SEEDS]
+    used = {k: sum(_run(False, s)[1][k] for s in SEEDS) for k in ("replayed", "captures", "failed")}
+    eager = [_aia(False, s, graphs=False) for s in SEEDS]
+    print(f"graph steps: {used}")
+    # every LUCIR phase (old model, distillation, masked margin ranking) captured without a fallback
+    assert used["failed"] == 0 and used["replayed"] > used["captures"] > 0
+    _same_within_seed_noise(graphed, eager, "cuda graphs vs eager")
+
+
+def test_compiled_backbones_match_uncompiled_within_seed_noise():
+    """MNEMONICS_CUDA_COMPILE=1 (inductor kernels captured in the graphs) may only change speed."""
+    compiled = [_aia(False, s, compiled=True) for s in SEEDS]
+    used = {k: sum(_run(False, s, compiled=True)[1][k] for s in SEEDS) for k in ("replayed", "failed")}
+    print(f"compiled graph steps: {used}")
+    assert used["failed"] == 0 and used["replayed"] > 0
+    _same_within_seed_noise(compiled, [_aia(False, s) for s in SEEDS], "compiled vs uncompiled")
