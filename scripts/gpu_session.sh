@@ -49,7 +49,14 @@ now() { echo $(( $(date +%s) - start )); }
 stamp() { echo "[gpu_session +$(now)s] $*"; }
 pack() {
   tar czf "$OUT/results.tgz" --exclude='.tmp-*' results "$( [ "$SMALL" = 1 ] && echo build/smoke_results )" 2>/dev/null
-  [ -d "$MNEMONICS_CHECKPOINTS/runs" ] && tar czf "$OUT/checkpoints.tgz" -C "$MNEMONICS_CHECKPOINTS" runs 2>/dev/null
+  # the latest phase of each cut-off run is all a resume reads (all phases: 38 MB, over the 16 MB
+  # a returned file may have, 2026-11-26)
+  if [ -d "$MNEMONICS_CHECKPOINTS/runs" ]; then
+    (cd "$MNEMONICS_CHECKPOINTS" && for d in runs/*/; do ls "$d"phase_*.pt 2>/dev/null | sort | tail -n 1; done) \
+        > "$OUT/.latest"  # (a run folder without phases makes ls fail: its status is not looked at)
+    [ -s "$OUT/.latest" ] && tar czf "$OUT/checkpoints.tgz" -C "$MNEMONICS_CHECKPOINTS" -T "$OUT/.latest"
+    rm -f "$OUT/.latest"
+  fi
   ls -la "$OUT"; stamp "packed"
 }
 trap pack EXIT
