@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paper-projection", action="store_true",
                     help="time phase 0 / phase 1 epochs of a B50 run and project the full run")
     ap.add_argument("--small", action="store_true", help="with --paper-projection: a tiny dry run")
+    ap.add_argument("--bf16-only", action="store_true",
+                    help="with --paper-projection on CUDA: the bf16 run alone (e.g. beside MNEMONICS_CUDA_COMPILE=1)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 def _projection(args: argparse.Namespace, device: torch.device) -> int:
     sizes = bench.SMALL_PROJECTION if args.small else bench.ProjectionSizes()
     amps = (True, False) if device.type == "cuda" and not args.no_amp else (False,)
+    if args.bf16_only and device.type == "cuda":
+        amps = (True,)
     runs, data = {}, bench.projection_data(sizes)
     for amp in amps:
         key = "bf16" if amp else "fp32"

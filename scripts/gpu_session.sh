@@ -65,8 +65,9 @@ stamp "device: $($PY -c 'import torch;print(torch.cuda.get_device_name(0) if tor
 if [ "${TIMING:-1}" = 1 ]; then
   stamp "benchmark and projection, alone on the device"
   # 320 s: the benchmark compiles the backbones for its ours_compiled variant (inductor, ~1 min)
-  GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="bench projection" GPU_CHECK_BUDGET_S=320 GPU_CHECK_TAG=timing \
-      timeout 340 env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_timing.log" 2>&1
+  # TIMING_STAGES="bench projection projection_compiled" adds the compiled projection (~1.5 min more)
+  GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="${TIMING_STAGES:-bench projection}" GPU_CHECK_BUDGET_S=${TIMING_BUDGET_S:-320} GPU_CHECK_TAG=timing \
+      timeout $(( ${TIMING_BUDGET_S:-320} + 20 )) env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_timing.log" 2>&1
   echo "gpu_check timing rc=$?" >> "$OUT/gpu_timing.log"
   grep -E "ratio|projected|rc=|graph" "$OUT/gpu_timing.log" | tail -n 30
 fi
