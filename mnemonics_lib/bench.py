@@ -288,8 +288,9 @@ def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
     ``ours`` is the trainer's path on ``device``. Beside it, never instead of it:
     ``ours_eager`` (CUDA: without the graphs; CPU: without compilation) shows what the step
     executor buys; on CUDA ``ours_compiled`` adds compiled backbones inside the graph (what
-    ``MNEMONICS_CUDA_COMPILE=1`` does); on CPU ``cpu_variants`` adds ``ours_bf16``, the trainer's path with bf16
-    autocast (``amp: true`` in a config; fast where the CPU has AMX / AVX512-BF16; it changes the
+    ``MNEMONICS_CUDA_COMPILE=1`` does), and ``ours_nchw`` / ``ours_compiled_nchw`` time both
+    paths in NCHW instead of channels_last; on CPU ``cpu_variants`` adds ``ours_bf16``, the
+    trainer's path with bf16 autocast (``amp: true`` in a config; fast where the CPU has AMX / AVX512-BF16; it changes the
     numerics, so it is a config field, off in every profile on CPU). Compilation happens in the
     warm-up, outside the timings, and is reported as ``compile_s``.
     """
@@ -315,6 +316,14 @@ def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
         # (MNEMONICS_CUDA_COMPILE=1 in the trainer); timed here until it is measured to pay
         runs["ours_compiled"] = OursTrain(_model(sizes, n_cls, device, cl), images, norm, sizes.batch, amp,
                                           compiled=True)
+    if device.type == "cuda":
+        # the trainer keeps CUDA models channels_last; with 16-64 channels cuDNN's NCHW kernels
+        # may be the faster ones (unmeasured on a GPU before these variants), graphed and compiled
+        runs["ours_nchw"] = OursTrain(_model(sizes, n_cls, device, False), images, norm, sizes.batch, amp,
+                                      channels_last=False)
+        if not ours.compiled:
+            runs["ours_compiled_nchw"] = OursTrain(_model(sizes, n_cls, device, False), images, norm, sizes.batch,
+                                                   amp, channels_last=False, compiled=True)
     warm = {}
     for name, run in runs.items():
         t = time.perf_counter()

@@ -45,6 +45,7 @@ def test_benchmark_runs_on_cuda_at_tiny_sizes():
     assert r["stages"]["train"]["ours_step"] == "cuda graph"
     assert r["stages"]["train"]["ours_step_stats"]["replayed"] >= 1
     assert r["stages"]["train"]["ours_compiled_step_stats"]["replayed"] >= 1  # the candidate lever
+    assert {"ours_eager", "ours_compiled", "ours_nchw", "ours_compiled_nchw"} <= set(r["stages"]["train"]["variant_ratios"])
     assert r["stages"]["flops"]["matmul_dtype"] == "bfloat16"
     assert r["stages"]["herding"]["same_indices"] and len(r["stages"]["herding"]["ours_device_s"]) == 2
     assert r["stages"]["class_means"]["max_abs_diff"] < 1e-4
