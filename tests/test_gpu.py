@@ -173,6 +173,9 @@ def test_cuda_graph_steps_match_eager_steps_within_seed_noise():
 
 def test_compiled_backbones_match_uncompiled_within_seed_noise():
     """MNEMONICS_CUDA_COMPILE=1 (inductor kernels captured in the graphs) may only change speed."""
+    # the earlier tests compiled other networks through the same forward; without a reset their
+    # variants count toward torch's recompile limit (8), which this process hit on 2026-11-26
+    torch._dynamo.reset()
     compiled = [_aia(False, s, compiled=True) for s in SEEDS]
     used = {k: sum(_run(False, s, compiled=True)[1][k] for s in SEEDS) for k in ("replayed", "failed")}
     print(f"compiled graph steps: {used}")
