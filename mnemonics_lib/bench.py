@@ -290,9 +290,9 @@ def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
     executor buys; on CUDA ``ours_compiled`` adds compiled backbones inside the graph (what
     ``MNEMONICS_CUDA_COMPILE=1`` does), and ``ours_nchw`` / ``ours_compiled_nchw`` time both
     paths in NCHW instead of channels_last; on CPU ``cpu_variants`` adds ``ours_bf16``, the
-    trainer's path with bf16 autocast (``amp: true`` in a config; fast where the CPU has AMX / AVX512-BF16; it changes the
-    numerics, so it is a config field, off in every profile on CPU). Compilation happens in the
-    warm-up, outside the timings, and is reported as ``compile_s``.
+    trainer's path with bf16 autocast (``amp: true`` in a config; fast where the CPU has AMX /
+    AVX512-BF16; it changes the numerics, so it is a config field, off in every profile on CPU).
+    Compilation happens in the warm-up, outside the timings, and is reported as ``compile_s``.
     """
     amp = amp and device.type == "cuda"
     norm = Normaliser.create(data.mean, data.std, device)

@@ -351,8 +351,10 @@ def ablation_table(records: Sequence[Any], *, dataset: str, profile: str,
                    "(no_adjust_old: old exemplars not adjusted; weight_transfer: frozen conv + learnable "
                    "scales; balanced_finetune: class-balanced fine-tuning, default only for mnemonics). "
                    "Δ: AIA of the method's own classifier (CNN; NME for iCaRL) minus the same method with "
-                   "herding, paired by seed (the mean over the seeds both have). Exemplar stage: its wall time in epochs of model training (incremental "
-                   "phases; includes class-balanced fine-tuning where used). The paper's ablation numbers were not recovered, so there is no paper column.",
+                   "herding, paired by seed (the mean over the seeds both have). Exemplar stage: its "
+                   "wall time in epochs of model training (incremental phases; includes class-balanced "
+                   "fine-tuning where used). The paper's ablation numbers were not recovered, so there is "
+                   "no paper column.",
                    dataset, profile, records, missing)
     return Table(f"ablation_exemplars_{dataset}_{profile}", long, wide, cap,
                  provenance(records, artifact="ablation_exemplars", profile=profile, dataset=dataset,

@@ -9,7 +9,7 @@
 #        paper-profile LUCIR run took 420 s beside five other processes on an H200);
 #      - PAPER_MNEMONICS=1: the paper-profile LUCIR w/ mnemonics N = 10 run, one process (its
 #        exemplar stage is not graphed: its log gives the per-phase time even when it cannot finish);
-#        PAPER_RUNS=0 leaves the paper-profile runs out;
+#        PAPER_RUNS=0 leaves the paper-profile runs above out;
 #      - quick-profile runs the notebooks need (QUICK_MATCH; default: all but cifar10, whose
 #        data cannot travel; mnemonics runs included: at quick, M = 10, their exemplar stage is
 #        ~30 hypergradients per phase, seconds on a GPU), JOBS processes, nothing new launched
@@ -83,10 +83,14 @@ if [ "${PAPER_RUNS:-1}" = 1 ]; then
       --jobs "${PAPER_JOBS:-1}" --threads "$THREADS" --device "$DEVICE" > "$OUT/paper_runs.log" 2>&1 &
   paper_pid=$!
 fi
+# quick_runs MATCH JOBS LOG: the quick-profile runs MATCH selects, nothing new after QUICK_LIMIT
+quick_runs() {
+  timeout "$(left)" $PY scripts/study.py results --profile "$QUICK" --match "$1" --jobs "$2" \
+      --threads "$THREADS" --device "$DEVICE" --time-limit "$QUICK_LIMIT" > "$OUT/$3" 2>&1
+}
 q2_pid=
 if [ -n "${QUICK2_MATCH:-}" ]; then
-  timeout "$(left)" $PY scripts/study.py results --profile "$QUICK" --match "$QUICK2_MATCH" --jobs "${JOBS2:-2}" \
-      --threads "$THREADS" --device "$DEVICE" --time-limit "$QUICK_LIMIT" > "$OUT/quick2_runs.log" 2>&1 &
+  quick_runs "$QUICK2_MATCH" "${JOBS2:-2}" quick2_runs.log &
   q2_pid=$!
 fi
 mn_pid=
@@ -95,8 +99,7 @@ if [ "${PAPER_MNEMONICS:-0}" = 1 ]; then
       --match 'lucir_mnemonics-N10-s1993' --jobs 1 --threads "$THREADS" --device "$DEVICE" > "$OUT/paper_mnemonics.log" 2>&1 &
   mn_pid=$!
 fi
-timeout "$(left)" $PY scripts/study.py results --profile "$QUICK" --match "$QUICK_MATCH" --jobs "$JOBS" \
-    --threads "$THREADS" --device "$DEVICE" --time-limit "$QUICK_LIMIT" > "$OUT/quick_runs.log" 2>&1
+quick_runs "$QUICK_MATCH" "$JOBS" quick_runs.log
 echo "quick rc=$?" >> "$OUT/quick_runs.log"
 for pid in $tests_pid $paper_pid $mn_pid $q2_pid; do wait "$pid"; echo "pid $pid rc=$?"; done
 [ -n "$paper_pid" ] && { echo "paper runs:"; grep -E "computed|done|FAILED|phase [0-9]+:" "$OUT/paper_runs.log" | tail -n 15; }
