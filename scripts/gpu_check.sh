@@ -60,7 +60,9 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 GPU_TESTS=$(grep -l "mark.gpu" tests/test_*.py)
 # 200 s alone sufficed for 2 tests (2026-11-26 H200); side by side with four training processes the
 # 6 tests did not finish in 200 s (H100), 4 of them took 55 s alone: the cap is now 320 s
-stage pytest "${GPU_CHECK_PYTEST_CAP:-320}" "$PY" -m pytest -m gpu -q -p no:cacheprovider -s --junitxml="$DEST/$STAMP-gpu-pytest.xml" $GPU_TESTS
+# GPU_CHECK_PYTEST_K: a pytest -k expression, to rerun only the tests a change touched
+stage pytest "${GPU_CHECK_PYTEST_CAP:-320}" "$PY" -m pytest -m gpu -q -p no:cacheprovider -s --junitxml="$DEST/$STAMP-gpu-pytest.xml" \
+    ${GPU_CHECK_PYTEST_K:+-k "$GPU_CHECK_PYTEST_K"} $GPU_TESTS
 if [ "$SMALL" = 1 ]; then
   stage bench 220 "$PY" scripts/bench.py --quick --out "$DEST"  # 2 shared CPU cores: slow
   stage projection 100 "$PY" scripts/bench.py --paper-projection --small --out "$DEST"

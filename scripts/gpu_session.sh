@@ -16,7 +16,7 @@
 #        after QUICK_LIMIT seconds; QUICK2_MATCH (optional) starts a second such process of
 #        JOBS2 processes, so that long runs and short ones proceed side by side;
 #   3. results/ (new runs, benchmark files) packed into $OUT/results.tgz, logs beside it, and
-#      the phase checkpoints of runs cut off at END_AT into $OUT/checkpoints.tgz: a later GPU
+#      the phase checkpoints of runs cut off at END_AT into $OUT/checkpoints.tgz.part-* (15 MB parts): a later GPU
 #      session that carries checkpoints/ resumes them instead of starting again.
 # Runs are written atomically: a stop at END_AT loses only the runs in flight. What the runs write
 # on the device lives only until the next call copies the tree there again (seen 2026-11-26: a
@@ -54,7 +54,10 @@ pack() {
   if [ -d "$MNEMONICS_CHECKPOINTS/runs" ]; then
     (cd "$MNEMONICS_CHECKPOINTS" && for d in runs/*/; do ls "$d"phase_*.pt 2>/dev/null | sort | tail -n 1; done) \
         > "$OUT/.latest"  # (a run folder without phases makes ls fail: its status is not looked at)
-    [ -s "$OUT/.latest" ] && tar czf "$OUT/checkpoints.tgz" -C "$MNEMONICS_CHECKPOINTS" -T "$OUT/.latest"
+    # one phase of a caltech100 run is ~25 MB (the exemplar memory in fp32): split into 15 MB parts;
+    # join with `cat checkpoints.tgz.part-* | tar xz -C checkpoints`
+    [ -s "$OUT/.latest" ] && tar czf - -C "$MNEMONICS_CHECKPOINTS" -T "$OUT/.latest" \
+        | split -b 15M - "$OUT/checkpoints.tgz.part-"
     rm -f "$OUT/.latest"
   fi
   ls -la "$OUT"; stamp "packed"
