@@ -46,15 +46,32 @@ TABLE1_ROWS = (
 )
 
 
-def device_of(env: Mapping[str, Any]) -> str:
-    """A short device label: the GPU's model, or CPU (``compiled`` when its steps were)."""
-    name = str(env.get("device", "?"))
+def _short_device(name: Any, cpu_compile: Any = None) -> str:
+    name = str(name if name is not None else "?")
     for gpu in ("H200", "H100", "A100"):
         if gpu in name:
             return gpu
     if "cuda" in name.lower() or "nvidia" in name.lower():
         return name
-    return "CPU compiled" if env.get("cpu_compile") else "CPU"
+    if name == "?":
+        return "not recorded"
+    return "CPU compiled" if cpu_compile else "CPU"
+
+
+def device_of(env: Mapping[str, Any]) -> str:
+    """A short device label: the GPU's model, or CPU (``compiled`` when its steps were). A run
+    resumed on another device (``env["legs"]``) names each device with the phases it ran there."""
+    last = _short_device(env.get("device"), env.get("cpu_compile"))
+    legs = env.get("legs") or []
+    labels = [_short_device(leg.get("device"), leg.get("cpu_compile")) for leg in legs[:-1]]
+    if not legs or all(lab == last for lab in labels):
+        return last
+    stretches: list[list[Any]] = []  # [label, first phase], consecutive legs on one device merged
+    for lab, leg in zip(labels + [last], legs):
+        if not stretches or stretches[-1][0] != lab:
+            stretches.append([lab, leg.get("first_phase")])
+    parts = [f"{lab} (phases {first}-{nxt[1] - 1})" for (lab, first), nxt in zip(stretches, stretches[1:])]
+    return " + ".join(parts + [f"{stretches[-1][0]} (phases {stretches[-1][1]}-)"])
 
 
 def _by_seed(records: Iterable[Any], spec: str, phases: int, metric: str) -> dict[int, tuple[float, Any]]:

@@ -4,7 +4,8 @@ Layout: ``<root>/<study>/<run_dir_name(config)>/`` holding
 
 * ``config.json``  the fully resolved config plus ``config_hash``;
 * ``metrics.json`` what ``compute(config)`` returned (``per_phase`` list, matrices, AIA, ...);
-* ``env.json``     provenance: git commit and dirty flag, versions, device, host, timing.
+* ``env.json``     provenance: git commit and dirty flag, versions, device, host, timing; for a run
+  resumed from phase checkpoints, ``legs``: where and at which commit each stretch of phases ran.
 
 A run directory is built under a ``.tmp-*`` name and renamed into place, so a crash
 never leaves a half-written run under a real name.  A directory that does not
@@ -153,6 +154,13 @@ def _version(module: str) -> str | None:
         return None
 
 
+def leg_provenance() -> dict[str, Any]:
+    """The device and commit of one stretch of a run's phases (``legs`` below), and when it began."""
+    prov = provenance()
+    keep = ("device", "git_commit", "cpu_compile", "cuda_graphs", "cuda_compile")
+    return {**{k: prov[k] for k in keep if k in prov}, "started_utc": _utc_now()}
+
+
 def provenance() -> dict[str, Any]:
     """Where and with what a result was computed: commit, versions, device, host.
 
@@ -273,6 +281,11 @@ def _compute_and_write(
         # Refuse to publish a run that the loader would reject on every later call.
         raise ValueError("compute(config) must return a dict with a 'per_phase' list")
     env = {**prov, "started_utc": started, "ended_utc": _utc_now(), "wall_s": wall}
+    # a run resumed from phase checkpoints was computed in stretches, perhaps on other machines and
+    # commits: the stretches ("legs", each from its first phase on) are provenance, not metrics
+    legs = metrics.pop("legs", None)
+    if legs and len(legs) > 1:
+        env["legs"] = legs
     h = config.config_hash()
     cfg = config.to_dict()
     if cfg.get("config_hash", h) != h:

@@ -34,6 +34,7 @@ from .memory import ExemplarMemory
 from .methods import Method, PhaseContext, get_method
 from .pipeline import (DeviceImages, Normaliser, augment, batch_indices, make_generator,
                        preferred_memory_format, tune_backends)
+from .results import leg_provenance
 from .steps import bf16_autocast, compiled_backbones, compile_enabled, make_step
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
     method_state: dict[str, Any] = {"_pad": data.norm.pixel_range[0]}
     model = old_model = None
     start = 0
+    legs: list[dict[str, Any]] = []
     ck_dir = _ckpt_dir(config)
     latest = sorted(ck_dir.glob("phase_*.pt")) if checkpoints else []
     if latest:
@@ -212,8 +214,12 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
         memory = ExemplarMemory.from_state_dict(ck["memory"], device)
         method_state.update(_to_device(ck["method_state"], device))
         per_phase = json.loads(ck["per_phase"])
+        legs = json.loads(ck["legs"]) if "legs" in ck else [
+            {"first_phase": 0, "device": None, "git_commit": None,
+             "note": "not recorded: the checkpoint predates per-leg provenance"}]
         log.info("resumed %s from %s (next phase %d)", config.config_hash(), latest[-1].name, start)
 
+    legs.append({"first_phase": start, **leg_provenance()})
     end = plan.num_phases if config.last_phase is None else config.last_phase + 1
     bar = tqdm(range(start, end), desc=f"{config.method}/{config.exemplars}", disable=None)
     for p in bar:
@@ -252,7 +258,7 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
             on_phase_end(p, model, memory, data)
         old_model = _frozen_copy(model)
         if checkpoints and p < end - 1:
-            _save_phase(ck_dir, p, model, memory, method_state, per_phase, config)
+            _save_phase(ck_dir, p, model, memory, method_state, per_phase, config, legs)
         if stop_after_phase is not None and p == stop_after_phase:
             raise Interrupted(f"stopped after phase {p} (simulated interruption)")
     if checkpoints:  # the run is complete: its phase checkpoints are no longer needed
@@ -260,7 +266,7 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
             f.unlink()
         if ck_dir.is_dir() and not any(ck_dir.iterdir()):
             ck_dir.rmdir()
-    return summarise(per_phase)
+    return {**summarise(per_phase), "legs": legs}
 
 
 def _train_phase(config: RunConfig, method: Method, ctx: PhaseContext, p: int, share_phase0: bool) -> None:
@@ -299,9 +305,11 @@ def _evaluate(config, method, ctx, data, memory, p) -> dict[str, Any]:
         )
 
 
-def _save_phase(ck_dir: Path, p: int, model, memory, method_state, per_phase, config: RunConfig) -> None:
+def _save_phase(ck_dir: Path, p: int, model, memory, method_state, per_phase, config: RunConfig,
+                legs: list[dict[str, Any]]) -> None:
     """The state a resumed run needs: the model (which is also the next phase's old model), the
-    memory, the method's state (BiC's bias layers), the rows so far, the config and RNG states.
+    memory, the method's state (BiC's bias layers), the rows so far, the config and RNG states,
+    and where the phases so far were computed (``legs``: provenance for the finished run).
     Class means are not stored: they are recomputed from the model and the memory."""
     from .weight_transfer import is_weight_transferred
 
@@ -310,7 +318,7 @@ def _save_phase(ck_dir: Path, p: int, model, memory, method_state, per_phase, co
         "phase": p, "model": model.state_dict(), "head_sizes": head_sizes(model),
         "transferred": is_weight_transferred(model), "memory": memory.state_dict(),
         "method_state": _to_device({k: v for k, v in method_state.items() if not k.startswith("_")}, "cpu"),
-        "per_phase": json.dumps(per_phase), "rng": capture_rng_state(),
+        "per_phase": json.dumps(per_phase), "legs": json.dumps(legs), "rng": capture_rng_state(),
     }
     save_checkpoint(ck_dir / f"phase_{p:03d}.pt", state)
     for f in ck_dir.glob("phase_*.pt"):

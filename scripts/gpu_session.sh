@@ -15,8 +15,9 @@
 #        ~30 hypergradients per phase, seconds on a GPU), JOBS processes, nothing new launched
 #        after QUICK_LIMIT seconds; QUICK2_MATCH (optional) starts a second such process of
 #        JOBS2 processes, so that long runs and short ones proceed side by side;
-#   3. results/ (new runs, benchmark files) packed into $OUT/results.tgz, logs beside it, and
-#      the phase checkpoints of runs cut off at END_AT into $OUT/checkpoints.tgz.part-* (15 MB parts): a later GPU
+#   3. results/ (new runs, benchmark files) packed into $OUT/results.tgz, the logs into $OUT/logs.tgz,
+#      the phase checkpoints of runs cut off at END_AT into $OUT/checkpoints.tgz.part-* (15 MB parts,
+#      CKPT_MAX_MB in all, default 45: returned files are limited to 8 and 64 MiB): a later GPU
 #      session that carries checkpoints/ resumes them instead of starting again.
 # Runs are written atomically: a stop at END_AT loses only the runs in flight. What the runs write
 # on the device lives only until the next call copies the tree there again (seen 2026-11-26: a
@@ -31,7 +32,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export MNEMONICS_CHECKPOINTS="${MNEMONICS_CHECKPOINTS:-$PWD/checkpoints}"
 PY=${PY:-python3}
 OUT=${OUT:-build/gpu_out}
-mkdir -p "$OUT" results/bench
+LOGS=${LOGS:-build/gpu_logs}  # packed into $OUT/logs.tgz at the end (returned files are counted)
+mkdir -p "$OUT" "$LOGS" results/bench
 SMALL=${SMALL:-0}
 NOT_MN='^(?!.*(mnemonics|cifar10))'
 NOT_CIFAR='^(?!.*cifar10)'
@@ -48,19 +50,25 @@ start=$(date +%s)
 now() { echo $(( $(date +%s) - start )); }
 stamp() { echo "[gpu_session +$(now)s] $*"; }
 pack() {
+  # what comes back from $OUT: at most 8 files, 16 MiB each, 64 MiB together. 2026-11-26 (session 7)
+  # 12 files were there (6 checkpoint parts, 5 logs, results.tgz) and results.tgz did not come back:
+  # so one results.tgz, one logs.tgz, and at most CKPT_MAX_MB of checkpoints in 15 MB parts
   tar czf "$OUT/results.tgz" --exclude='.tmp-*' results "$( [ "$SMALL" = 1 ] && echo build/smoke_results )" 2>/dev/null
-  # the latest phase of each cut-off run is all a resume reads (all phases: 38 MB, over the 16 MB
-  # a returned file may have, 2026-11-26)
+  # the latest phase of each cut-off run is all a resume reads; one caltech100 phase is ~25 MB
+  # (the exemplar memory in fp32). Join the parts with `cat checkpoints.tgz.part-* | tar xz -C checkpoints`
   if [ -d "$MNEMONICS_CHECKPOINTS/runs" ]; then
+    local budget=$(( ${CKPT_MAX_MB:-45} * 1024 * 1024 )) f size
     (cd "$MNEMONICS_CHECKPOINTS" && for d in runs/*/; do ls "$d"phase_*.pt 2>/dev/null | sort | tail -n 1; done) \
-        > "$OUT/.latest"  # (a run folder without phases makes ls fail: its status is not looked at)
-    # one phase of a caltech100 run is ~25 MB (the exemplar memory in fp32): split into 15 MB parts;
-    # join with `cat checkpoints.tgz.part-* | tar xz -C checkpoints`
-    [ -s "$OUT/.latest" ] && tar czf - -C "$MNEMONICS_CHECKPOINTS" -T "$OUT/.latest" \
+        | while read -r f; do  # (a run folder without phases makes ls fail: it is skipped)
+            size=$(stat -c %s "$MNEMONICS_CHECKPOINTS/$f")
+            if [ "$size" -le "$budget" ]; then budget=$(( budget - size )); echo "$f"
+            else echo "checkpoint left behind (over CKPT_MAX_MB): $f" >> "$LOGS/pack.log"; fi
+          done > "$LOGS/checkpoints.list"
+    [ -s "$LOGS/checkpoints.list" ] && tar czf - -C "$MNEMONICS_CHECKPOINTS" -T "$LOGS/checkpoints.list" \
         | split -b 15M - "$OUT/checkpoints.tgz.part-"
-    rm -f "$OUT/.latest"
   fi
-  ls -la "$OUT"; stamp "packed"
+  tar czf "$OUT/logs.tgz" -C "$LOGS" . 2>/dev/null
+  ls -la "$OUT"; stamp "packed ($(ls "$OUT" | wc -l) files; at most 8 come back)"
 }
 trap pack EXIT
 
@@ -70,26 +78,26 @@ if [ "${TIMING:-1}" = 1 ]; then
   # 320 s: the benchmark compiles the backbones for its ours_compiled variant (inductor, ~1 min)
   # TIMING_STAGES="bench projection projection_compiled" adds the compiled projection (~1.5 min more)
   GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="${TIMING_STAGES:-bench projection}" GPU_CHECK_BUDGET_S=${TIMING_BUDGET_S:-320} GPU_CHECK_TAG=timing \
-      timeout $(( ${TIMING_BUDGET_S:-320} + 20 )) env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_timing.log" 2>&1
-  echo "gpu_check timing rc=$?" >> "$OUT/gpu_timing.log"
-  grep -E "ratio|projected|rc=|graph" "$OUT/gpu_timing.log" | tail -n 30
+      timeout $(( ${TIMING_BUDGET_S:-320} + 20 )) env -u OUT bash scripts/gpu_check.sh > "$LOGS/gpu_timing.log" 2>&1
+  echo "gpu_check timing rc=$?" >> "$LOGS/gpu_timing.log"
+  grep -E "ratio|projected|rc=|graph" "$LOGS/gpu_timing.log" | tail -n 30
 fi
 
 left() { echo $(( END_AT - $(now) )); }
 stamp "side by side: gpu tests, paper runs, quick runs ($(left)s left)"
 GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="pytest" GPU_CHECK_BUDGET_S=$(( $(left) - 20 )) GPU_CHECK_TAG=tests \
-    timeout "$(left)" env -u OUT bash scripts/gpu_check.sh > "$OUT/gpu_tests.log" 2>&1 &
+    timeout "$(left)" env -u OUT bash scripts/gpu_check.sh > "$LOGS/gpu_tests.log" 2>&1 &
 tests_pid=$!
 paper_pid=
 if [ "${PAPER_RUNS:-1}" = 1 ]; then
   timeout "$(left)" $PY scripts/study.py results --profile "$PAPER" --only table1 --match "$PAPER_MATCH" \
-      --jobs "${PAPER_JOBS:-1}" --threads "$THREADS" --device "$DEVICE" > "$OUT/paper_runs.log" 2>&1 &
+      --jobs "${PAPER_JOBS:-1}" --threads "$THREADS" --device "$DEVICE" > "$LOGS/paper_runs.log" 2>&1 &
   paper_pid=$!
 fi
 # quick_runs MATCH JOBS LOG: the quick-profile runs MATCH selects, nothing new after QUICK_LIMIT
 quick_runs() {
   timeout "$(left)" $PY scripts/study.py results --profile "$QUICK" --match "$1" --jobs "$2" \
-      --threads "$THREADS" --device "$DEVICE" --time-limit "$QUICK_LIMIT" > "$OUT/$3" 2>&1
+      --threads "$THREADS" --device "$DEVICE" --time-limit "$QUICK_LIMIT" > "$LOGS/$3" 2>&1
 }
 q2_pid=
 if [ -n "${QUICK2_MATCH:-}" ]; then
@@ -99,16 +107,16 @@ fi
 mn_pid=
 if [ "${PAPER_MNEMONICS:-0}" = 1 ]; then
   timeout "$(left)" $PY scripts/study.py results --profile "$PAPER" --only table1 \
-      --match 'lucir_mnemonics-N10-s1993' --jobs 1 --threads "$THREADS" --device "$DEVICE" > "$OUT/paper_mnemonics.log" 2>&1 &
+      --match 'lucir_mnemonics-N10-s1993' --jobs 1 --threads "$THREADS" --device "$DEVICE" > "$LOGS/paper_mnemonics.log" 2>&1 &
   mn_pid=$!
 fi
 quick_runs "$QUICK_MATCH" "$JOBS" quick_runs.log
-echo "quick rc=$?" >> "$OUT/quick_runs.log"
+echo "quick rc=$?" >> "$LOGS/quick_runs.log"
 for pid in $tests_pid $paper_pid $mn_pid $q2_pid; do wait "$pid"; echo "pid $pid rc=$?"; done
-[ -n "$paper_pid" ] && { echo "paper runs:"; grep -E "computed|done|FAILED|phase [0-9]+:" "$OUT/paper_runs.log" | tail -n 15; }
-[ -n "$mn_pid" ] && { echo "paper mnemonics:"; grep -E "phase [0-9]+:|exemplar|done" "$OUT/paper_mnemonics.log" | tail -n 8; }
-for f in "$OUT"/quick*_runs.log; do
+[ -n "$paper_pid" ] && { echo "paper runs:"; grep -E "computed|done|FAILED|phase [0-9]+:" "$LOGS/paper_runs.log" | tail -n 15; }
+[ -n "$mn_pid" ] && { echo "paper mnemonics:"; grep -E "phase [0-9]+:|exemplar|done" "$LOGS/paper_mnemonics.log" | tail -n 8; }
+for f in "$LOGS"/quick*_runs.log; do
   echo "$f: $(grep -cE "^done " "$f") done"; grep -E "^done |FAILED|Error" "$f" | cut -c1-110 | head -n 12
 done
-echo "gpu tests:"; grep -E "passed|failed|AIA|graph steps|rc=" "$OUT/gpu_tests.log" | tail -n 8
+echo "gpu tests:"; grep -E "passed|failed|AIA|graph steps|rc=" "$LOGS/gpu_tests.log" | tail -n 8
 stamp "done"

@@ -143,7 +143,7 @@ def test_run_metrics_structure(method_run):
 # ------------------------------------------------------------------ exact resume
 def _comparable(metrics):
     """Everything but wall times, as canonical JSON (so that NaN equals NaN)."""
-    out = {k: v for k, v in metrics.items() if k != "wall_s_total"}
+    out = {k: v for k, v in metrics.items() if k not in ("wall_s_total", "legs")}
     out["per_phase"] = [{k: v for k, v in r.items() if k != "wall_s"} for r in metrics["per_phase"]]
     return json.dumps(out, sort_keys=True)
 
@@ -166,6 +166,21 @@ def test_resume_equals_uninterrupted(method, tmp_path, monkeypatch):
     straight = trainer.run_incremental(cfg, "cpu")
     assert _comparable(resumed) == _comparable(straight)
     assert len(resumed["per_phase"]) == 3
+    # where each stretch of phases ran is kept through the checkpoint (provenance of mixed runs)
+    assert [leg["first_phase"] for leg in resumed["legs"]] == [0, 2]
+    assert [leg["first_phase"] for leg in straight["legs"]] == [0]
+    assert {"device", "git_commit", "started_utc"} <= set(resumed["legs"][0])
+
+
+def test_a_resumed_runs_legs_go_to_env_json_and_a_single_leg_is_not_repeated(tmp_path):
+    cfg = make_config(method="icarl", epochs_override=2, **SMALL)
+    legs = [{"first_phase": 0, "device": "cpu A", "git_commit": "a" * 40, "started_utc": "t0"},
+            {"first_phase": 3, "device": "gpu B", "git_commit": "b" * 40, "started_utc": "t1"}]
+    rec = results.run_or_load(cfg, lambda c: {"per_phase": [{"acc_cnn": 1.0}], "legs": legs}, tmp_path / "two")
+    assert rec.env["legs"] == legs and "legs" not in rec.metrics
+    assert "legs" not in json.loads((rec.path / "metrics.json").read_text())
+    one = results.run_or_load(cfg, lambda c: {"per_phase": [{"acc_cnn": 1.0}], "legs": legs[:1]}, tmp_path / "one")
+    assert "legs" not in one.env and "legs" not in one.metrics
 
 
 # ------------------------------------------------------------------ the ledger with a real config

@@ -49,6 +49,20 @@ def test_seed_table_is_exact():
     assert "| (reference) | none |" in readme.seed_table(recs[:1], 5, "cifar10", seeds=(1993,), rows=rows[:1])
 
 
+def test_device_label_names_each_device_a_resumed_run_used():
+    xeon, h100 = "Intel(R) Xeon(R) Processor", "NVIDIA H100 80GB HBM3"
+    assert readme.device_of({"device": xeon, "cpu_compile": True}) == "CPU compiled"
+    assert readme.device_of({"device": "NVIDIA H200"}) == "H200"
+    legs = [{"first_phase": 0, "device": xeon}, {"first_phase": 11, "device": xeon},
+            {"first_phase": 23, "device": h100}]
+    assert readme.device_of({"device": h100, "legs": legs}) == "CPU (phases 0-22) + H100 (phases 23-)"
+    # resumed on the same device: one label, as for an uninterrupted run
+    same = [{"first_phase": 0, "device": xeon, "cpu_compile": True}, {"first_phase": 4, "device": xeon}]
+    assert readme.device_of({"device": xeon, "cpu_compile": True, "legs": same}) == "CPU compiled"
+    unknown = [{"first_phase": 0, "device": None}, {"first_phase": 7, "device": h100}]
+    assert readme.device_of({"device": h100, "legs": unknown}) == "not recorded (phases 0-6) + H100 (phases 7-)"
+
+
 def test_replace_block_touches_only_its_block():
     text = "intro\n<!-- generated: a -->\nold\n<!-- /generated: a -->\nmiddle\n"
     assert readme.replace_block(text, "a", "new 1\nnew 2\n") == (
