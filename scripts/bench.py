@@ -9,6 +9,7 @@ CIFAR-100-shaped B50 LUCIR run with the paper's schedule and projects the full 1
     python scripts/bench.py --quick          # seconds: tiny network and data
     python scripts/bench.py --device cuda --out results/bench
     python scripts/bench.py --paper-projection [--small]
+    python scripts/bench.py --step-profile [--quick]   # where a training step's time goes
 """
 from __future__ import annotations
 
@@ -42,11 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", action="store_true", help="with --paper-projection: a tiny dry run")
     ap.add_argument("--bf16-only", action="store_true",
                     help="with --paper-projection on CUDA: the bf16 run alone (e.g. beside MNEMONICS_CUDA_COMPILE=1)")
+    ap.add_argument("--step-profile", action="store_true",
+                    help="profile the training step's kernels by kind (mnemonics_lib.step_profile)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.paper_projection:
         return _projection(args, device)
+    if args.step_profile:
+        return _step_profile(args, device)
     stages = tuple(s for s in args.stages.split(",") if s)
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -57,6 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     print(bench.format_table(record))
     print(json.dumps({"ratios": record["ratios"], "wall_s": round(record["wall_s"], 1)}, indent=1))
     print(f"wrote {path}")
+    return 0
+
+
+def _step_profile(args: argparse.Namespace, device: torch.device) -> int:
+    from mnemonics_lib import step_profile
+
+    sizes = bench.default_sizes(device, args.quick)
+    sizes = bench.dataclasses.replace(sizes, train_steps=min(sizes.train_steps, 10))  # a profile, not a timing
+    report = step_profile.profile_training_step(device, sizes, amp=not args.no_amp, dataset=args.dataset)
+    print(step_profile.format_profile(report))
+    record = {"schema": bench.SCHEMA + "/step-profile", "sizes": bench.dataclasses.asdict(sizes), **report}
+    print(f"wrote {bench.write_record(record, args.out, device, kind='step-profile')}")
     return 0
 
 

@@ -5,6 +5,8 @@
 #   (c) a timed paper-schedule phase on CIFAR-100-shaped data (synthetic, 100 x 500, B50, batch 128):
 #       s/epoch of phase 0 and of an incremental phase, projected to a full 160-epoch N=10 LUCIR run
 #   (d) opt-in stage projection_compiled: (c) in bf16 with MNEMONICS_CUDA_COMPILE=1
+#   (e) opt-in stage step_profile: the training step's kernels by kind, channels_last / NCHW /
+#       compiled, against the graphed step's wall time (scripts/bench.py --step-profile)
 # Everything goes to results/bench/ and, when $OUT is set, is copied there too (at most 8 files;
 # one tar file when there are more). Needs only python3 with torch, torchvision, numpy, tqdm and
 # pytest (the GPU image has them): the package is used from the checkout via PYTHONPATH.
@@ -67,15 +69,17 @@ if [ "$SMALL" = 1 ]; then
   stage bench 220 "$PY" scripts/bench.py --quick --out "$DEST"  # 2 shared CPU cores: slow
   stage projection 100 "$PY" scripts/bench.py --paper-projection --small --out "$DEST"
   stage projection_compiled 100 env MNEMONICS_CUDA_COMPILE=1 "$PY" scripts/bench.py --paper-projection --small --bf16-only --out "$DEST"
+  stage step_profile 100 "$PY" scripts/bench.py --step-profile --quick --out "$DEST"
 else
   stage bench 200 "$PY" scripts/bench.py --out "$DEST"  # ~1 min of it compiles ours_compiled
   stage projection 110 "$PY" scripts/bench.py --paper-projection --out "$DEST"
   # opt-in (GPU_CHECK_STAGES): the trainer's phases with compiled backbones inside the graphs;
   # the record's provenance says cuda_compile: true
   stage projection_compiled 150 env MNEMONICS_CUDA_COMPILE=1 "$PY" scripts/bench.py --paper-projection --bf16-only --out "$DEST"
+  stage step_profile 120 "$PY" scripts/bench.py --step-profile --out "$DEST"  # ~40 s of it compiles
 fi
 
-say "summary: pytest=${RC[pytest]} bench=${RC[bench]} projection=${RC[projection]} projection_compiled=${RC[projection_compiled]} (124/137 = timed out)"
+say "summary: pytest=${RC[pytest]} bench=${RC[bench]} projection=${RC[projection]} projection_compiled=${RC[projection_compiled]} step_profile=${RC[step_profile]} (124/137 = timed out)"
 if [ -n "${OUT:-}" ]; then
   mapfile -t NEW < <(find "$DEST" -maxdepth 1 -type f -newer "$MARK" | sort)
   if [ "${#NEW[@]}" -le 8 ]; then
@@ -86,5 +90,5 @@ if [ -n "${OUT:-}" ]; then
   echo "copied ${#NEW[@]} file(s) to $OUT"
 fi
 rm -f "$MARK"
-for k in pytest bench projection projection_compiled; do [ "${RC[$k]}" = 0 ] || [ "${RC[$k]}" = not-asked ] || exit 1; done
+for k in pytest bench projection projection_compiled step_profile; do [ "${RC[$k]}" = 0 ] || [ "${RC[$k]}" = not-asked ] || exit 1; done
 exit 0

@@ -176,3 +176,39 @@ def test_train_stage_times_the_compiled_cpu_step_beside_the_eager_one(monkeypatc
     assert set(res["variant_ratios"]) == {"ours_eager"}
     assert res["ours"]["images"] == res["ours_eager"]["images"] == res["reference"]["images"]
     assert res["compile_s"] == pytest.approx(res["warmup_s"]["ours"] - res["warmup_s"]["ours_eager"])
+
+
+# ------------------------------------------------------------------ the step profile (issue #6)
+def test_kernel_kinds_of_typical_cuda_and_cpu_names():
+    from mnemonics_lib.step_profile import kernel_kind
+
+    assert kernel_kind("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == "convolution"
+    assert kernel_kind("void cudnn::bn_fw_tr_1C11_kernel_NCHW<float>") == "batch norm"
+    assert kernel_kind("aten::native_batch_norm_backward") == "batch norm"
+    assert kernel_kind("void at::native::(anonymous)::multi_tensor_apply_kernel<...>") == "optimiser"
+    assert kernel_kind("triton_poi_fused_add_relu_3") == "fused (triton)"
+    assert kernel_kind("void at::native::vectorized_elementwise_kernel<4, ...>") == "elementwise"
+    assert kernel_kind("something_unheard_of") == "other"
+
+
+def test_kernel_summary_is_exact():
+    from mnemonics_lib.step_profile import summarise_kernels
+
+    events = [("conv_fprop", 300.0, 1), ("conv_fprop", 300.0, 1), ("bn_fw_tr", 200.0, 2), ("odd", 200.0, 1)]
+    s = summarise_kernels(events, steps=2, top=2)
+    assert s["kernels_per_step"] == 2.5 and s["kernel_ms_per_step"] == 0.5
+    assert s["by_kind"] == {"convolution": {"ms_per_step": 0.3, "share": 0.6},
+                            "batch norm": {"ms_per_step": 0.1, "share": 0.2},
+                            "other": {"ms_per_step": 0.1, "share": 0.2}}
+    assert [(t["name"], t["calls_per_step"]) for t in s["top"]] == [("conv_fprop", 1.0), ("bn_fw_tr", 1.0)]
+
+
+def test_step_profile_runs_the_trainers_step_on_cpu():
+    from mnemonics_lib.step_profile import format_profile, profile_training_step
+
+    r = profile_training_step("cpu", bench.QUICK_SIZES)
+    v = r["variants"]["nchw"]
+    assert r["amp"] is False and v["steps"] == bench.QUICK_SIZES.train_steps
+    assert abs(sum(d["share"] for d in v["by_kind"].values()) - 1) < 1e-9
+    assert v["by_kind"]["convolution"]["ms_per_step"] > 0 and v["kernels_per_step"] > 10
+    assert "nchw:" in format_profile(r)

@@ -52,6 +52,20 @@ def test_benchmark_runs_on_cuda_at_tiny_sizes():
     assert r["stages"]["train"]["ours"]["images"] == r["stages"]["train"]["reference"]["images"] == [32, 32]
 
 
+def test_step_profile_on_cuda_at_tiny_sizes():
+    """The kernel profile reads CUDA kernels (not host operators) for all three variants."""
+    from mnemonics_lib.step_profile import profile_training_step
+
+    sizes = bench.BenchSizes(n_classes=4, per_class_train=16, per_class_test=2, depth=8, width=8,
+                             batch=16, train_steps=2, warmup_steps=1)
+    r = profile_training_step("cuda", sizes)
+    assert set(r["variants"]) == {"channels_last", "nchw", "compiled_channels_last"} and r["amp"] is True
+    for name, v in r["variants"].items():
+        assert v["by_kind"]["convolution"]["ms_per_step"] > 0, name
+        assert v["graphed_ms_per_step"] > 0 and v["kernels_per_step"] > 20, name
+        assert not any(t["name"].startswith("aten::") for t in v["top"]), name  # kernels, not operators
+
+
 def test_compiled_backbones_inside_the_graphed_step_train_like_the_graphed_step(monkeypatch):
     """MNEMONICS_CUDA_COMPILE=1: the compiled kernels are captured and replayed, the smaller
     last batch runs eagerly, and the parameters follow the uncompiled graphed step.
