@@ -15,7 +15,7 @@
 #        ~30 hypergradients per phase, seconds on a GPU), JOBS processes, nothing new launched
 #        after QUICK_LIMIT seconds; QUICK2_MATCH (optional) starts a second such process of
 #        JOBS2 processes, so that long runs and short ones proceed side by side;
-#   3. results/ (new runs, benchmark files) packed into $OUT/results.tgz, the logs into $OUT/logs.tgz,
+#   3. results/ (benchmark files) and $RESULTS_DIR (runs) packed into $OUT/results.tgz, the logs into $OUT/logs.tgz,
 #      the phase checkpoints of runs cut off at END_AT into $OUT/checkpoints.tgz.part-* (15 MB parts,
 #      CKPT_MAX_MB in all, default 45: returned files are limited to 8 and 64 MiB): a later GPU
 #      session that carries checkpoints/ resumes them instead of starting again.
@@ -33,7 +33,12 @@ export MNEMONICS_CHECKPOINTS="${MNEMONICS_CHECKPOINTS:-$PWD/checkpoints}"
 PY=${PY:-python3}
 OUT=${OUT:-build/gpu_out}
 LOGS=${LOGS:-build/gpu_logs}  # packed into $OUT/logs.tgz at the end (returned files are counted)
-mkdir -p "$OUT" "$LOGS" results/bench
+# the runs are written into an ignored folder, seeded with results/ (the cached runs, the sweep's
+# choice): a second call on the warm machine still has them there (results/ itself is replaced by
+# each call's copy of the tree: 2026-11-26, finished runs were lost that way)
+RESULTS_DIR=${RESULTS_DIR:-build/gpu_results}
+mkdir -p "$OUT" "$LOGS" results/bench "$RESULTS_DIR"
+cp -rn results/. "$RESULTS_DIR"/
 SMALL=${SMALL:-0}
 NOT_MN='^(?!.*(mnemonics|cifar10))'
 NOT_CIFAR='^(?!.*cifar10)'
@@ -53,7 +58,8 @@ pack() {
   # what comes back from $OUT: at most 8 files, 16 MiB each, 64 MiB together. 2026-11-26 (session 7)
   # 12 files were there (6 checkpoint parts, 5 logs, results.tgz) and results.tgz did not come back:
   # so one results.tgz, one logs.tgz, and at most CKPT_MAX_MB of checkpoints in 15 MB parts
-  tar czf "$OUT/results.tgz" --exclude='.tmp-*' results "$( [ "$SMALL" = 1 ] && echo build/smoke_results )" 2>/dev/null
+  # results/ for the benchmark files, $RESULTS_DIR for the runs (also those of an earlier call)
+  tar czf "$OUT/results.tgz" --exclude='.tmp-*' --exclude='.locks' results "$RESULTS_DIR" 2>/dev/null
   # the latest phase of each cut-off run is all a resume reads; one caltech100 phase is ~25 MB
   # (the exemplar memory in fp32). Join the parts with `cat checkpoints.tgz.part-* | tar xz -C checkpoints`
   if [ -d "$MNEMONICS_CHECKPOINTS/runs" ]; then
@@ -90,13 +96,13 @@ GPU_CHECK_SMALL=$SMALL GPU_CHECK_STAGES="pytest" GPU_CHECK_BUDGET_S=$(( $(left) 
 tests_pid=$!
 paper_pid=
 if [ "${PAPER_RUNS:-1}" = 1 ]; then
-  timeout "$(left)" $PY scripts/study.py results --profile "$PAPER" --only table1 --match "$PAPER_MATCH" \
+  timeout "$(left)" $PY scripts/study.py results --results-dir "$RESULTS_DIR" --profile "$PAPER" --only table1 --match "$PAPER_MATCH" \
       --jobs "${PAPER_JOBS:-1}" --threads "$THREADS" --device "$DEVICE" > "$LOGS/paper_runs.log" 2>&1 &
   paper_pid=$!
 fi
 # quick_runs MATCH JOBS LOG: the quick-profile runs MATCH selects, nothing new after QUICK_LIMIT
 quick_runs() {
-  timeout "$(left)" $PY scripts/study.py results --profile "$QUICK" --match "$1" --jobs "$2" \
+  timeout "$(left)" $PY scripts/study.py results --results-dir "$RESULTS_DIR" --profile "$QUICK" --match "$1" --jobs "$2" \
       --threads "$THREADS" --device "$DEVICE" --time-limit "$QUICK_LIMIT" > "$LOGS/$3" 2>&1
 }
 q2_pid=
@@ -106,7 +112,7 @@ if [ -n "${QUICK2_MATCH:-}" ]; then
 fi
 mn_pid=
 if [ "${PAPER_MNEMONICS:-0}" = 1 ]; then
-  timeout "$(left)" $PY scripts/study.py results --profile "$PAPER" --only table1 \
+  timeout "$(left)" $PY scripts/study.py results --results-dir "$RESULTS_DIR" --profile "$PAPER" --only table1 \
       --match 'lucir_mnemonics-N10-s1993' --jobs 1 --threads "$THREADS" --device "$DEVICE" > "$LOGS/paper_mnemonics.log" 2>&1 &
   mn_pid=$!
 fi

@@ -73,6 +73,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     from mnemonics_lib import study
 
     params = load_params(args.profile)
+    if args.results_dir:
+        default_root = notebook_path(params.get("results_dir", "../results"))
+        params["results_dir"] = str(Path(args.results_dir).resolve())
+        if study.mnemonics_choice(default_root) and not study.mnemonics_choice(params["results_dir"]):
+            # the mnemonics runs' configs (and hashes) follow the sweep's choice: without it there,
+            # they would silently become other runs
+            raise SystemExit(f"--results-dir {args.results_dir} lacks the mnemonics sweep's choice that "
+                             f"{default_root} holds: copy {default_root}/. into it first")
     tasks = _selected(params, args)
     root = notebook_path(params.get("results_dir", "../results"))
     print(f"{len(tasks)} tasks for profile {args.profile} in {root}")
@@ -209,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--first", type=int, default=None,
                    help="only the first K tasks of the priority list (after --only)")
     r.add_argument("--dry-run", action="store_true", help="list the tasks and whether each is cached")
+    r.add_argument("--results-dir", default=None,
+                   help="read and write runs here instead of the profile's results_dir (a lent GPU machine "
+                        "uses an ignored folder: a second call on the warm machine still finds its runs)")
     r.set_defaults(func=cmd_results)
     f = sub.add_parser("figures", help="execute every notebook with params/<profile>.yaml")
     f.add_argument("--profile", default="quick")
