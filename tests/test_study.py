@@ -462,3 +462,22 @@ def test_exemplar_stage_in_training_epochs():
     assert report.exemplar_stage_epochs(cfg, rows) == pytest.approx(15.0 / (24.0 / 8))
     assert math.isnan(report.exemplar_stage_epochs(cfg, rows[:1]))
     assert math.isnan(report.exemplar_stage_epochs({}, rows))
+
+
+def test_results_dir_without_the_sweeps_choice_is_refused(tmp_path):
+    """Pointing `study.py results --results-dir` at a folder without the mnemonics sweep's choice
+    would silently turn every mnemonics run into another config: refused, naming the fix."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, str(root / "scripts" / "study.py"), "results", "--profile", "quick", "--dry-run",
+           "--match", "lucir_mnemonics-N5-s1993", "--results-dir"]
+    out = subprocess.run(cmd + [str(tmp_path / "empty")], capture_output=True, text=True, cwd=root)
+    assert out.returncode != 0 and "lacks the mnemonics sweep's choice" in out.stderr
+    seeded = tmp_path / "seeded" / "sweeps" / "mnemonics"
+    seeded.mkdir(parents=True)
+    (seeded / "choice.json").write_text((root / "results" / "sweeps" / "mnemonics" / "choice.json").read_text())
+    out = subprocess.run(cmd + [str(tmp_path / "seeded")], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert "missing  runs/caltech100-lucir_mnemonics-N5-s1993-quick [8f580928dfe8]" in out.stdout  # same hash
