@@ -50,9 +50,26 @@ def headline_head(method: str) -> str:
 
 
 # ------------------------------------------------------------------ frames
+def _legs(env: dict[str, Any], key: str, short=lambda v: v) -> list[str]:
+    """The distinct values of ``key`` over a resumed run's legs (``env["legs"]``), in order."""
+    out: list[str] = []
+    for leg in env.get("legs") or []:
+        v = short(leg.get(key) or "not recorded")
+        if v not in out:
+            out.append(v)
+    return out
+
+
 def _commit(env: dict[str, Any]) -> str:
     c = (env.get("git_commit") or "unknown")[:8]
+    legs = _legs(env, "git_commit", lambda v: v[:8])
+    c = " + ".join(legs) if len(legs) > 1 else c  # a run resumed at other commits names them all
     return c + ("+dirty" if env.get("git_dirty") else "")
+
+
+def _device(env: dict[str, Any]) -> str | None:
+    legs = _legs(env, "device")
+    return " + ".join(legs) if len(legs) > 1 else env.get("device")
 
 
 RUN_COLUMNS = ("spec", "dataset", "method", "exemplars", "phases", "seed", "class_order_seed", "profile",
@@ -93,7 +110,7 @@ def runs_frame(records: Sequence[Any]) -> pd.DataFrame:
                for k in ("aia_cnn", "aia_nme", "last_cnn", "last_nme", "forgetting_cnn", "forgetting_nme",
                          "wall_s_total")},
             "exemplar_stage_epochs": exemplar_stage_epochs(c, m["per_phase"]),
-            "config_hash": c["config_hash"], "commit": _commit(r.env), "device": r.env.get("device"),
+            "config_hash": c["config_hash"], "commit": _commit(r.env), "device": _device(r.env),
             "run_id": r.run_id,
         })
     df = pd.DataFrame(rows, columns=list(RUN_COLUMNS[:-2]))
@@ -210,7 +227,7 @@ def provenance(records: Sequence[Any], *, artifact: str, profile: str, dataset: 
         "n_runs_wanted": len(records) + len(miss), "complete": not len(miss),
         "config_hashes": sorted({r.config["config_hash"] for r in records}),
         "commits": sorted({_commit(e) for e in envs}),
-        "devices": sorted({str(e.get("device")) for e in envs}),
+        "devices": sorted({str(_device(e)) for e in envs}),
         "torch": sorted({str(e.get("torch")) for e in envs}),
         "run_dirs": sorted(str(r.path) for r in records),
         "not_run": [{"spec": spec_of(d), "dataset": d["dataset"], "phases": int(d["phases"]),

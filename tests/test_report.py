@@ -1,4 +1,4 @@
-"""Report tables: the exemplar ablation's Δ vs herding is paired by seed."""
+"""Report tables: the exemplar ablation's Δ vs herding is paired by seed; provenance of resumed runs."""
 from __future__ import annotations
 
 import math
@@ -26,3 +26,18 @@ def test_delta_vs_herding_pairs_seeds_and_says_so_when_some_lack_a_pair():
     d, k, either = report._paired_delta(df, "lucir_random", "lucir", 5)  # never ran
     assert math.isnan(d) and k == 0 and report._delta_text(d, "lucir", k, either) == "—"
     assert report._delta_text(1.5, "lucir", 1, 2) == "+1.50 (CNN), 1 paired seed"
+
+
+def test_provenance_of_a_resumed_run_names_every_commit_and_device():
+    from mnemonics_lib.report import _commit, _device
+
+    plain = {"git_commit": "a" * 40, "device": "NVIDIA H100 80GB HBM3", "git_dirty": False}
+    assert (_commit(plain), _device(plain)) == ("aaaaaaaa", "NVIDIA H100 80GB HBM3")
+    legs = [{"first_phase": 0, "git_commit": "b" * 40, "device": "Intel(R) Xeon(R) Processor"},
+            {"first_phase": 11, "git_commit": "c" * 40, "device": "Intel(R) Xeon(R) Processor"},
+            {"first_phase": 23, "git_commit": "a" * 40, "device": "NVIDIA H100 80GB HBM3"}]
+    resumed = {**plain, "legs": legs}
+    assert _commit(resumed) == "bbbbbbbb + cccccccc + aaaaaaaa"
+    assert _device(resumed) == "Intel(R) Xeon(R) Processor + NVIDIA H100 80GB HBM3"
+    same = {**plain, "legs": [legs[2], {**legs[2], "first_phase": 5}]}  # resumed where it started
+    assert (_commit(same), _device(same)) == ("aaaaaaaa", "NVIDIA H100 80GB HBM3")
