@@ -637,38 +637,94 @@ def run_tasks(tasks: Sequence[Task], root: str | os.PathLike, device: str | None
     return [outcomes[t.key] for t in tasks]
 
 
-def _run_pool(todo, outcomes, root, device, jobs, threads, expired, say) -> None:
-    from . import results
+def _run_pool(todo, outcomes, root, device, jobs, threads, expired, say, worker=None) -> None:
+    """Compute ``todo`` in a spawn pool of ``jobs`` workers.
 
+    A worker killed from outside (the OS's out-of-memory killer, seen 2026-11-26 with four
+    training processes on 24 GB) breaks the whole pool, and with it every task in flight. Those
+    tasks are queued again once, in a new pool with one worker fewer (less memory at once); they
+    resume from their phase checkpoints. A task lost a second time fails.
+    """
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    queue = list(todo)
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        running: dict[cf.Future, Task] = {}
-        n = 0
-        while queue or running:
-            while queue and len(running) < jobs and not expired():
-                t = queue.pop(0)
-                n += 1
-                say(f"[{n}/{len(todo)}] starting {t.describe()}")
-                running[pool.submit(_worker, t, root, device, threads)] = t
-            if not running:
-                break
-            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for fut in done:
-                t = running.pop(fut)
-                try:
-                    rec, wall = fut.result()
-                    outcomes[t.key] = Outcome(t, "computed", rec, wall_s=wall)
-                    say(f"done {t.describe()} in {wall:.0f}s")
-                except results.RunBusyError as e:
-                    outcomes[t.key] = Outcome(t, "busy", error=str(e))
-                    say(f"BUSY {t.describe()}: {e}")
-                except Exception as e:  # noqa: BLE001
-                    outcomes[t.key] = Outcome(t, "failed", error=f"{type(e).__name__}: {e}")
-                    say(f"FAILED {t.describe()}: {type(e).__name__}: {e}")
+    queue, retried, counter, idle_breaks = list(todo), set(), [0], 0
+    while queue and not expired():
+        broken, lost = _pool_pass(queue, outcomes, root, device, jobs, threads, expired, say, len(todo),
+                                  counter, worker or _worker)
+        if not broken:
+            break
+        idle_breaks = 0 if lost else idle_breaks + 1
+        if idle_breaks >= 2:  # pools that break before any task runs: no progress is possible
+            for t in queue:
+                outcomes[t.key] = Outcome(t, "failed", error=POOL_BROKEN)
+            say(f"FAILED {len(queue)} task(s): {POOL_BROKEN}, twice before any task ran")
+            return
+        again = [t for t in lost if t.key not in retried]
+        for t in lost:
+            if t.key in retried:
+                outcomes[t.key] = Outcome(t, "failed", error=POOL_BROKEN)
+                say(f"FAILED {t.describe()}: {POOL_BROKEN} (its second try)")
+        retried.update(t.key for t in again)
+        queue[:0] = again
+        jobs = max(1, jobs - 1)
+        say(f"{POOL_BROKEN}: {len(lost)} task(s) in flight lost, {len(again)} queued again (they resume "
+            f"from their phase checkpoints) in a new pool of {jobs} worker(s)")
     for t in queue:
         outcomes[t.key] = Outcome(t, "skipped", error="time limit reached")
+
+
+POOL_BROKEN = ("a worker process died (killed from outside, e.g. by the out-of-memory killer: see "
+               "`dmesg`; fewer --jobs need less memory)")
+
+
+def _pool_pass(queue, outcomes, root, device, jobs, threads, expired, say, total, counter,
+               worker) -> tuple[bool, list[Task]]:
+    """Run the queue through one pool: (whether a worker died, the tasks lost with it)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from . import results
+
+    def collect(fut: cf.Future, t: Task) -> bool:
+        """Record a finished task's outcome; False when the pool broke under it."""
+        try:
+            rec, wall = fut.result()
+            outcomes[t.key] = Outcome(t, "computed", rec, wall_s=wall)
+            say(f"done {t.describe()} in {wall:.0f}s")
+        except BrokenProcessPool:
+            return False
+        except results.RunBusyError as e:
+            outcomes[t.key] = Outcome(t, "busy", error=str(e))
+            say(f"BUSY {t.describe()}: {e}")
+        except Exception as e:  # noqa: BLE001 - reported per task, the batch goes on
+            outcomes[t.key] = Outcome(t, "failed", error=f"{type(e).__name__}: {e}")
+            say(f"FAILED {t.describe()}: {type(e).__name__}: {e}")
+        return True
+
+    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    running: dict[cf.Future, Task] = {}
+    broken = False
+    try:
+        while (queue or running) and not broken:
+            while queue and len(running) < jobs and not expired():
+                try:
+                    fut = pool.submit(worker, queue[0], root, device, threads)
+                except BrokenProcessPool:  # the task never started: it stays queued
+                    broken = True
+                    break
+                t = running[fut] = queue.pop(0)
+                counter[0] += 1
+                say(f"[{counter[0]}/{total}] starting {t.describe()}")
+            if not running:
+                break
+            done, _ = cf.wait(running, return_when=cf.ALL_COMPLETED if broken else cf.FIRST_COMPLETED)
+            lost = [t for fut in done for t in [running.pop(fut)] if not collect(fut, t)]
+            if lost or broken:
+                # a worker died: every task still running ends with the pool (finished ones are kept)
+                cf.wait(running)
+                lost += [t for fut, t in running.items() if not collect(fut, t)]
+                return True, lost
+        return broken, []
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Records(list):
