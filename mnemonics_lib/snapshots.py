@@ -77,22 +77,40 @@ def _snapshot_phase(phase: int, model, memory, data) -> dict[str, Any]:
 
 
 def record_snapshots(config: RunConfig, phases: tuple[int, ...], device: str | None = None) -> dict[str, Any]:
-    """Train ``config`` (no phase checkpoints, so every phase's callback runs) and record at each
-    of ``phases``: normalised features of <= 60 real training images per class of the first five
-    classes and of their exemplars, the real-data class means of all seen classes, the margin of
-    every exemplar and of the sampled real images of all seen classes (cosine to the own class
-    mean minus the largest cosine to another class mean; small = near a class boundary), and the
-    first five classes' exemplar pixels (uint8, denormalised)."""
-    from .trainer import run_incremental
+    """Train ``config`` and record at each of ``phases``: normalised features of <= 60 real
+    training images per class of the first five classes and of their exemplars, the real-data
+    class means of all seen classes, the margin of every exemplar and of the sampled real images
+    of all seen classes (cosine to the own class mean minus the largest cosine to another class
+    mean; small = near a class boundary), and the first five classes' exemplar pixels (uint8,
+    denormalised).
 
-    recorded: list[dict[str, Any]] = []
+    Resumable like a plain run (a mnemonics snapshot run is ~1.5 h on the CPU; one was lost to
+    the out-of-memory killer, 2026-11-26): phase checkpoints go to ``<checkpoint root>/snapshots/
+    <hash>`` (apart from the plain run of the same config, which may run at the same time), and
+    each recorded phase is written beside them (``snapshots.json``) before its checkpoint, so a
+    resumed run has the phases it skips."""
+    import json
+
+    from .atomic import write_text_atomic
+    from .trainer import checkpoint_root, run_incremental
+
+    ck_dir = checkpoint_root() / "snapshots" / config.config_hash()
+    kept = ck_dir / "snapshots.json"
+    recorded: dict[int, dict[str, Any]] = {}
+    if kept.exists():
+        recorded = {int(p): snap for p, snap in json.loads(kept.read_text()).items() if int(p) in phases}
 
     def on_phase_end(phase, model, memory, data):
         if phase in phases:
-            recorded.append(_snapshot_phase(phase, model, memory, data))
+            recorded[phase] = _snapshot_phase(phase, model, memory, data)
+            ck_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(kept, json.dumps(recorded))
 
-    metrics = run_incremental(config, device, checkpoints=False, on_phase_end=on_phase_end)
-    metrics["snapshots"] = recorded
+    metrics = run_incremental(config, device, checkpoint_dir=ck_dir, on_phase_end=on_phase_end)
+    kept.unlink(missing_ok=True)
+    if ck_dir.is_dir() and not any(ck_dir.iterdir()):
+        ck_dir.rmdir()
+    metrics["snapshots"] = [recorded[p] for p in sorted(recorded)]
     metrics["snapshot_settings"] = {"phases": list(phases), "classes": SNAPSHOT_CLASSES,
                                     "real_per_class": SNAPSHOT_REAL_PER_CLASS, "features": "L2-normalised",
                                     "class_means": "all real training images, flip-averaged (iCaRL)"}

@@ -183,11 +183,14 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
                     checkpoints: bool = True, stop_after_phase: int | None = None,
                     share_phase0: bool = True,
                     on_phase_end: Callable[[int, IncrementalNet, ExemplarMemory, StudyData], None] | None = None,
+                    checkpoint_dir: Path | None = None,
                     ) -> dict[str, Any]:
     """Run every phase of ``config`` and return the metrics dict (results ledger schema).
 
     ``on_phase_end(phase, model, memory, data)`` is called after each phase's evaluation (figures
-    that need the model or the exemplars, e.g. the t-SNE notebook, read them there).
+    that need the model or the exemplars, e.g. the t-SNE notebook, read them there). It runs
+    before the phase's checkpoint is written, and not again for the phases a resumed run skips.
+    ``checkpoint_dir``: where the phase checkpoints go (default: ``<checkpoint root>/runs/<hash>``).
     """
     device = torch.device(device) if device is not None else default_device()
     tune_backends(device)
@@ -200,7 +203,7 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
     model = old_model = None
     start = 0
     legs: list[dict[str, Any]] = []
-    ck_dir = _ckpt_dir(config)
+    ck_dir = Path(checkpoint_dir) if checkpoint_dir is not None else _ckpt_dir(config)
     latest = sorted(ck_dir.glob("phase_*.pt")) if checkpoints else []
     if latest:
         ck = load_checkpoint(latest[-1], map_location=device)

@@ -521,3 +521,27 @@ def test_a_task_that_kills_its_worker_twice_fails_and_the_others_still_run(tmp_p
                     worker=_always_dies_on_seed_2)
     assert [outcomes[t.key].status for t in tasks] == ["failed", "computed"]
     assert outcomes[tasks[0].key].error == study.POOL_BROKEN
+
+
+def test_an_interrupted_snapshot_run_resumes_with_the_phases_it_had_recorded(tmp_path, monkeypatch):
+    import functools
+
+    from mnemonics_lib import trainer
+
+    c = study.make_run("lucir", dataset="synthetic", phases=2, seed=1993, profile="smoke",
+                       memory_per_class=3, epochs_override=1)
+    monkeypatch.setenv("MNEMONICS_CHECKPOINTS", str(tmp_path / "a"))
+    plain = trainer.run_incremental
+    monkeypatch.setattr(trainer, "run_incremental", functools.partial(plain, stop_after_phase=1))
+    with pytest.raises(trainer.Interrupted):
+        snapshots.record_snapshots(c, (1, 2), "cpu")
+    ck = tmp_path / "a" / "snapshots" / c.config_hash()
+    assert sorted(p.name for p in ck.iterdir()) == ["phase_001.pt", "snapshots.json"]
+    monkeypatch.setattr(trainer, "run_incremental", plain)
+    resumed = snapshots.record_snapshots(c, (1, 2), "cpu")
+    assert not ck.exists()  # cleaned up once complete
+    monkeypatch.setenv("MNEMONICS_CHECKPOINTS", str(tmp_path / "b"))
+    straight = snapshots.record_snapshots(c, (1, 2), "cpu")
+    assert [s["phase"] for s in resumed["snapshots"]] == [1, 2]
+    assert json.dumps(resumed["snapshots"]) == json.dumps(straight["snapshots"])
+    assert [leg["first_phase"] for leg in resumed["legs"]] == [0, 2]
