@@ -156,19 +156,21 @@ def _version(module: str) -> str | None:
 
 def leg_provenance() -> dict[str, Any]:
     """The device and commit of one stretch of a run's phases (``legs`` below), and when it began."""
-    prov = provenance()
+    prov = provenance(check_dirty=False)  # the run's own env.json has the dirty flag
     keep = ("device", "git_commit", "cpu_compile", "cuda_graphs", "cuda_compile")
     return {**{k: prov[k] for k in keep if k in prov}, "started_utc": _utc_now()}
 
 
-def provenance() -> dict[str, Any]:
+def provenance(check_dirty: bool = True) -> dict[str, Any]:
     """Where and with what a result was computed: commit, versions, device, host.
 
     ``git_dirty`` ignores ``results/`` and ``data/``: the study writes there itself,
-    which would otherwise mark every run after the first one dirty.
+    which would otherwise mark every run after the first one dirty. ``check_dirty=False`` skips
+    that ``git status`` (``git_dirty`` is then None).
     """
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--", ":(top,exclude)results", ":(top,exclude)data")
+    status = (_git("status", "--porcelain", "--", ":(top,exclude)results", ":(top,exclude)data")
+              if check_dirty else None)
     import torch  # local: keeps `import mnemonics_lib.results` light for report-only use
 
     from .steps import compile_enabled

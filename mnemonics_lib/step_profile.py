@@ -117,9 +117,9 @@ def profile_training_step(device: torch.device | str, sizes: BenchSizes, amp: bo
     norm = Normaliser.create(data.mean, data.std, device)
     images = DeviceImages(data.x_train, data.y_train, device)
     n_classes = int(data.y_train.max()) + 1
-    variants = {"channels_last": (True, False)} if device.type == "cuda" else {"nchw": (False, False)}
-    if device.type == "cuda":
-        variants.update({"nchw": (False, False), "compiled_channels_last": (True, True)})
+    # name: (channels_last, compiled); the CPU has no graphs to compare with and trains NCHW
+    variants = ({"channels_last": (True, False), "nchw": (False, False), "compiled_channels_last": (True, True)}
+                if device.type == "cuda" else {"nchw": (False, False)})
     return {"device": device.type, "amp": amp, "batch": sizes.batch, "depth": sizes.depth,
             "variants": {name: profile_variant(images, norm, sizes, n_classes, device, amp, cl, comp)
                          for name, (cl, comp) in variants.items()}}

@@ -715,8 +715,12 @@ def _pool_pass(queue, outcomes, root, device, jobs, threads, expired, say, total
                 say(f"[{counter[0]}/{total}] starting {t.describe()}")
             if not running:
                 break
-            done, _ = cf.wait(running, return_when=cf.ALL_COMPLETED if broken else cf.FIRST_COMPLETED)
-            lost = [t for fut in done for t in [running.pop(fut)] if not collect(fut, t)]
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            lost = []
+            for fut in done:
+                t = running.pop(fut)
+                if not collect(fut, t):
+                    lost.append(t)
             if lost or broken:
                 # a worker died: every task still running ends with the pool (finished ones are kept)
                 cf.wait(running)
