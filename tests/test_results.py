@@ -68,7 +68,7 @@ class Counter:
 @pytest.fixture(autouse=True)
 def _cheap_provenance(monkeypatch):
     # Real provenance imports torch and calls git: correct but slow on a shared CPU.
-    monkeypatch.setattr(results, "provenance", lambda: {"device": "cpu-test", "git_commit": "abc"})
+    monkeypatch.setattr(results, "provenance", lambda check_dirty=True: {"device": "cpu-test", "git_commit": "abc"})
 
 
 def test_run_dir_name_fields_and_hash():
