@@ -1,4 +1,4 @@
-"""The README's generated blocks: Table 1 seed by seed, read from the run ledger.
+"""The README's generated blocks: Table 1 and the exemplar ablation seed by seed, read from the run ledger.
 
 The README shows every measured seed (not only mean ± std), the config hash and the device of
 each run, and the paired difference to LUCIR (herding). Typing those by hand went stale twice, so
@@ -88,6 +88,24 @@ def _mean_std(values: Sequence[float]) -> str:
     return f" ({statistics.mean(values):.2f} ± {statistics.stdev(values):.2f})"
 
 
+def _seed_cells(got: Mapping[int, tuple[float, Any]], seeds: Sequence[int]) -> tuple[str, str, str]:
+    """The per-seed values ("not run" where absent) with mean ± std, the config hashes and the
+    devices of one row."""
+    vals = [got[s][0] for s in seeds if s in got]
+    cells = " / ".join(f"{got[s][0]:.2f}" if s in got else "not run" for s in seeds) + _mean_std(vals)
+    hashes = ", ".join(got[s][1].config["config_hash"] for s in seeds if s in got)
+    devices = ", ".join(f"{s}: {device_of(got[s][1].env)}" for s in seeds if s in got)
+    return cells, hashes, devices
+
+
+def _paired_delta(got: Mapping[int, tuple[float, Any]], ref: Mapping[int, tuple[float, Any]],
+                  seeds: Sequence[int]) -> str:
+    """``got - ref`` seed by seed, over the seeds both have (with the mean when there are two+)."""
+    d = [got[s][0] - ref[s][0] for s in seeds if s in got and s in ref]
+    text = " / ".join(f"{v:+.2f}" for v in d)
+    return text + (f" (mean {statistics.mean(d):+.2f})" if len(d) > 1 else "")
+
+
 def seed_table(records: Iterable[Any], phases: int, dataset: str, seeds: Sequence[int] = SEEDS,
                rows: Sequence[Row] = TABLE1_ROWS) -> str:
     """A Markdown table: one row per method, the AIA of each seed ("not run" where absent) with
@@ -100,20 +118,48 @@ def seed_table(records: Iterable[Any], phases: int, dataset: str, seeds: Sequenc
     lines = [head, "|---|---|---|---|---|---|"]
     for row in rows:
         got = _by_seed(records, row.spec, phases, row.metric)
-        vals = [got[s][0] for s in seeds if s in got]
-        cells = " / ".join(f"{got[s][0]:.2f}" if s in got else "not run" for s in seeds)
-        if row.spec == REFERENCE:
-            delta = "(reference)"
-        else:
-            d = [got[s][0] - ref[s][0] for s in seeds if s in got and s in ref]
-            delta = " / ".join(f"{v:+.2f}" for v in d)
-            if len(d) > 1:
-                delta += f" (mean {statistics.mean(d):+.2f})"
+        cells, hashes, devices = _seed_cells(got, seeds)
+        delta = "(reference)" if row.spec == REFERENCE else _paired_delta(got, ref, seeds)
         paper = paper_numbers.table1_number(row.spec, dataset, phases)
         paper_txt = f"{paper.value:.2f} {paper.tag}" if paper else "none"
-        hashes = ", ".join(got[s][1].config["config_hash"] for s in seeds if s in got)
-        devices = ", ".join(f"{s}: {device_of(got[s][1].env)}" for s in seeds if s in got)
-        lines.append(f"| {row.label} | {cells}{_mean_std(vals)} | {delta} | {paper_txt} | {hashes} | {devices} |")
+        lines.append(f"| {row.label} | {cells} | {delta} | {paper_txt} | {hashes} | {devices} |")
+    return "\n".join(lines)
+
+
+METHOD_LABELS = {"lwf": "LwF", "icarl": "iCaRL (NME)", "bic": "BiC", "lucir": "LUCIR"}
+
+
+def _head_metric(method: str) -> str:
+    return "aia_nme" if method == "icarl" else "aia_cnn"  # iCaRL's own classifier is NME
+
+
+def _exemplar_label(spec: str, method: str) -> str:
+    rest = spec[len(method):].lstrip("_")
+    return "herding" + rest if not rest or rest.startswith("+") else rest
+
+
+def ablation_table(records: Iterable[Any], phases: int, specs: Sequence[str],
+                   seeds: Sequence[int] = SEEDS) -> str:
+    """The exemplar ablation seed by seed: one row per run spec (``specs``: method + exemplar
+    type + flags, as :func:`study.spec_of` spells them), grouped by method with its herding row
+    first. AIA of the method's own classifier (NME for iCaRL), and the difference to the same
+    method with herding exemplars, paired by seed."""
+    records = list(records)
+    method_of = {s: s.split("+")[0].split("_")[0] for s in specs}
+    methods = list(dict.fromkeys(method_of.values()))
+    ordered = [s for m in methods for s in sorted((s for s in specs if method_of[s] == m),
+                                                  key=lambda s: (s != m, "+" in s))]
+    head = (f"| method | exemplars | AIA, seed {' / '.join(map(str, seeds))} (mean ± std) | "
+            f"Δ vs the method with herding, paired by seed | config hashes | device |")
+    lines = [head, "|---|---|---|---|---|---|"]
+    for spec in ordered:
+        m = method_of[spec]
+        metric = _head_metric(m)
+        got = _by_seed(records, spec, phases, metric)
+        cells, hashes, devices = _seed_cells(got, seeds)
+        delta = "(reference)" if spec == m else _paired_delta(got, _by_seed(records, m, phases, metric), seeds)
+        lines.append(f"| {METHOD_LABELS.get(m, m)} | {_exemplar_label(spec, m)} | {cells} | {delta} | "
+                     f"{hashes} | {devices} |")
     return "\n".join(lines)
 
 
@@ -147,6 +193,14 @@ def table1_blocks(records: Iterable[Any], dataset: str, profile: str, phases: An
     records = list(records)
     return {f"table1-{dataset}-{profile}-N{n}": seed_table(records, int(n), dataset, as_list(seeds)) + "\n\n"
             + ordering_line(records, int(n), as_list(seeds)) for n in as_list(phases)}
+
+
+def ablation_blocks(records: Iterable[Any], dataset: str, profile: str, phases: Any, specs: Sequence[str],
+                    seeds: Sequence[int] = SEEDS) -> dict[str, str]:
+    """One block per N, named ``ablation-<dataset>-<profile>-N<N>``."""
+    records = list(records)
+    return {f"ablation-{dataset}-{profile}-N{n}": ablation_table(records, int(n), specs, as_list(seeds))
+            for n in as_list(phases)}
 
 
 def update(text: str, blocks: Mapping[str, str]) -> str:

@@ -177,7 +177,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_readme(args: argparse.Namespace) -> int:
-    """Rewrite the README's generated Table-1 blocks (every seed, hash and device) from results/."""
+    """Rewrite the README's generated blocks (Table 1 and the exemplar ablation: every seed, hash and
+    device) from results/."""
     from mnemonics_lib import readme, study
     from mnemonics_lib.atomic import write_text_atomic
 
@@ -188,6 +189,13 @@ def cmd_readme(args: argparse.Namespace) -> int:
         p = study.notebook_parameters("table1", vparams)
         recs = study.run_configs(study.notebook_configs("table1", vparams), root, missing="skip")
         blocks.update(readme.table1_blocks(recs, p["dataset"], p["profile"], p["phases"], p["seeds"]))
+    for vparams in [params] + [vp for _, nbs, vp in study.variant_params(params) if "ablation_exemplars" in nbs]:
+        p = study.notebook_parameters("ablation_exemplars", vparams)
+        configs = study.notebook_configs("ablation_exemplars", vparams)
+        recs = study.run_configs(configs, root, missing="skip")
+        specs = list(dict.fromkeys(study.spec_of(c) for c in configs))
+        blocks.update(readme.ablation_blocks(recs, p["dataset"], p["profile"], p["ablation_phases"], specs,
+                                             p["seeds"]))
     path = Path(args.readme)
     text = path.read_text()
     present = {k: v for k, v in blocks.items() if readme.BEGIN.format(k) in text}
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--compute-missing", action="store_true",
                    help="compute every missing run at the profile (= --missing compute; hours at quick)")
     f.set_defaults(func=cmd_figures)
-    m = sub.add_parser("readme", help="rewrite the README's generated Table-1 blocks from results/")
+    m = sub.add_parser("readme", help="rewrite the README's generated blocks (Table 1, exemplar ablation) from results/")
     m.add_argument("--profile", default="quick")
     m.add_argument("--readme", default=str(ROOT / "README.md"), help="the file to rewrite")
     m.set_defaults(func=cmd_readme)

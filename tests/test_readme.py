@@ -49,6 +49,31 @@ def test_seed_table_is_exact():
     assert "| (reference) | none |" in readme.seed_table(recs[:1], 5, "cifar10", seeds=(1993,), rows=rows[:1])
 
 
+def test_ablation_table_pairs_each_row_with_its_own_method_and_herding():
+    recs = [fake("lucir", 1993, 40.0), fake("lucir", 1994, 30.0),
+            fake("lucir_random", 1993, 41.0), fake("lucir_random", 1994, 28.5),
+            fake("lucir_mnemonics+no_adjust_old", 1994, 31.25, "NVIDIA H100 80GB HBM3"),
+            fake("icarl", 1993, 10.0, nme=2.5), fake("icarl_random", 1993, 99.0, nme=3.0),
+            fake("lucir_random", 1993, 77.0, phases=10)]  # another N: ignored
+    specs = ["lucir_random", "icarl", "lucir", "lucir_mnemonics+no_adjust_old", "icarl_random", "bic_mnemonics"]
+    table = readme.ablation_table(recs, 5, specs, seeds=(1993, 1994)).splitlines()
+    h = {(r.config["method"], r.config["exemplars"], r.config["seed"]): r.config["config_hash"] for r in recs
+         if r.config["phases"] == 5}
+    assert table[0] == ("| method | exemplars | AIA, seed 1993 / 1994 (mean ± std) | Δ vs the method with "
+                        "herding, paired by seed | config hashes | device |")
+    # herding first within a method, flagged runs last; methods in their first-seen order
+    assert [line.split(" | ")[:2] for line in table[2:]] == [
+        ["| LUCIR", "herding"], ["| LUCIR", "random"], ["| LUCIR", "mnemonics+no_adjust_old"],
+        ["| iCaRL (NME)", "herding"], ["| iCaRL (NME)", "random"], ["| BiC", "mnemonics"]]
+    assert table[3] == (f"| LUCIR | random | 41.00 / 28.50 (34.75 ± 8.84) | +1.00 / -1.50 (mean -0.25) | "
+                        f"{h['lucir', 'random', 1993]}, {h['lucir', 'random', 1994]} | 1993: CPU, 1994: CPU |")
+    assert table[4] == (f"| LUCIR | mnemonics+no_adjust_old | not run / 31.25 | +1.25 | "
+                        f"{h['lucir', 'mnemonics', 1994]} | 1994: H100 |")
+    # iCaRL: its NME head on both sides of the difference
+    assert table[6].startswith("| iCaRL (NME) | random | 3.00 / not run | +0.50 | ")
+    assert table[7] == "| BiC | mnemonics | not run / not run |  |  |  |"
+
+
 def test_device_label_names_each_device_a_resumed_run_used():
     xeon, h100 = "Intel(R) Xeon(R) Processor", "NVIDIA H100 80GB HBM3"
     assert readme.device_of({"device": xeon, "cpu_compile": True}) == "CPU compiled"
