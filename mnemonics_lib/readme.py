@@ -177,6 +177,58 @@ def ordering_line(records: Iterable[Any], phases: int, seeds: Sequence[int] = SE
         "; ".join(parts) + "."
 
 
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (paired differences over n seeds
+# have n - 1); a table rather than scipy, which the environment does not pin.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``spec`` against ``reference`` on one dataset and N, paired by seed."""
+
+    dataset: str
+    phases: int
+    spec: str
+    reference: str
+    records: Sequence[Any]
+    metric: str = "aia_cnn"
+
+
+def paired_stats(deltas: Sequence[float]) -> tuple[float, float, float, float] | None:
+    """(mean, sd, low, high) of paired differences with a 95 % t-interval; None under 2 pairs."""
+    if len(deltas) < 2:
+        return None
+    mean, sd = statistics.mean(deltas), statistics.stdev(deltas)
+    half = T975[len(deltas) - 1] * sd / len(deltas) ** 0.5
+    return mean, sd, mean - half, mean + half
+
+
+def comparison_table(comparisons: Sequence[Comparison], seeds: Sequence[int] = SEEDS) -> str:
+    """Does ``spec`` beat ``reference`` beyond the seed noise? The paired differences seed by seed,
+    their mean ± sd, a 95 % t-interval over the seeds, and a verdict that calls a difference only
+    when the interval excludes zero."""
+    head = (f"| dataset | N | compared | Δ AIA, seed {' / '.join(map(str, seeds))} | mean ± sd of Δ | "
+            f"95 % t-interval | verdict |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        got = _by_seed(c.records, c.spec, c.phases, c.metric)
+        ref = _by_seed(c.records, c.reference, c.phases, c.metric)
+        both = [s for s in seeds if s in got and s in ref]
+        deltas = [got[s][0] - ref[s][0] for s in both]
+        cells = " / ".join(f"{got[s][0] - ref[s][0]:+.2f}" if s in both else "not run" for s in seeds)
+        st = paired_stats(deltas)
+        if st is None:
+            spread = interval = ""
+            verdict = "not resolved (one seed)" if deltas else "not run"
+        else:
+            mean, sd, lo, hi = st
+            spread, interval = f"{mean:+.2f} ± {sd:.2f}", f"[{lo:+.2f}, {hi:+.2f}]"
+            verdict = ("higher" if lo > 0 else "lower" if hi < 0 else "not resolved") + f" ({len(deltas)} seeds)"
+        lines.append(f"| {c.dataset} | {c.phases} | {c.spec} vs {c.reference} | {cells} | {spread} | "
+                     f"{interval} | {verdict} |")
+    return "\n".join(lines)
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     """``text`` with the lines between the markers of block ``name`` replaced by ``body``."""
     begin, end = BEGIN.format(name), END.format(name)

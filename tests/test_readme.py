@@ -74,6 +74,30 @@ def test_ablation_table_pairs_each_row_with_its_own_method_and_herding():
     assert table[7] == "| BiC | mnemonics | not run / not run |  |  |  |"
 
 
+def test_comparison_table_calls_a_difference_only_when_the_t_interval_excludes_zero():
+    base = [fake("lucir", s, v) for s, v in ((1993, 40.0), (1994, 30.0), (1995, 20.0))]
+    noisy = [fake("lucir_mnemonics", s, v) for s, v in ((1993, 38.5), (1994, 30.5), (1995, 22.5))]
+    clear = [fake("lucir_random", s, v) for s, v in ((1993, 41.0), (1994, 31.2), (1995, 21.4))]
+    one = [fake("lucir", 1993, 40.0, phases=10), fake("lucir_mnemonics", 1993, 40.75, phases=10)]
+    recs = base + noisy + clear + one
+    comps = [readme.Comparison("caltech100", 5, "lucir_mnemonics", "lucir", recs),
+             readme.Comparison("caltech100", 5, "lucir_random", "lucir", recs),
+             readme.Comparison("caltech100", 10, "lucir_mnemonics", "lucir", recs),
+             readme.Comparison("cifar10", 5, "lucir_mnemonics", "lucir", recs[:3])]
+    table = readme.comparison_table(comps).splitlines()
+    # deltas -1.5 / +0.5 / +2.5: mean 0.5, sd 2, half-width 4.303 * 2 / sqrt(3) = 4.969
+    assert table[2] == ("| caltech100 | 5 | lucir_mnemonics vs lucir | -1.50 / +0.50 / +2.50 | +0.50 ± 2.00 | "
+                        "[-4.47, +5.47] | not resolved (3 seeds) |")
+    # deltas +1.0 / +1.2 / +1.4: half-width 4.303 * 0.2 / sqrt(3) = 0.497
+    assert table[3] == ("| caltech100 | 5 | lucir_random vs lucir | +1.00 / +1.20 / +1.40 | +1.20 ± 0.20 | "
+                        "[+0.70, +1.70] | higher (3 seeds) |")
+    assert table[4] == ("| caltech100 | 10 | lucir_mnemonics vs lucir | +0.75 / not run / not run |  |  | "
+                        "not resolved (one seed) |")
+    assert table[5] == "| cifar10 | 5 | lucir_mnemonics vs lucir | not run / not run / not run |  |  | not run |"
+    lo_hi = readme.paired_stats([-2.0, -1.0, -1.5])[2:]
+    assert lo_hi[1] < 0 and round(lo_hi[0], 3) == round(-1.5 - 4.303 * 0.5 / 3 ** 0.5, 3)
+
+
 def test_device_label_names_each_device_a_resumed_run_used():
     xeon, h100 = "Intel(R) Xeon(R) Processor", "NVIDIA H100 80GB HBM3"
     assert readme.device_of({"device": xeon, "cpu_compile": True}) == "CPU compiled"
