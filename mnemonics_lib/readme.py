@@ -177,6 +177,29 @@ def ordering_line(records: Iterable[Any], phases: int, seeds: Sequence[int] = SE
         "; ".join(parts) + "."
 
 
+def margin_table(snapshot_records: Sequence[Any], long: Any) -> str:
+    """Fig. 1's claim as numbers: per exemplar strategy and recorded phase, the median class margin
+    of the exemplars against that of real images under the same model (``long``: the rows of
+    :func:`report.margin_table`), the share of each below zero, and the run's hash and device."""
+    by_strategy = {r.config["exemplars"]: r for r in snapshot_records}
+    head = ("| exemplars | recorded | median margin: exemplars / real | exemplars − real | "
+            "share below zero: exemplars / real | config hash | device |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    rows = {(r["exemplars"], r["stage"], r["kind"]): r for r in long.to_dict("records")}
+    for (strategy, stage, kind), r in rows.items():
+        if kind == "real":
+            continue
+        run = by_strategy.get(strategy)
+        if kind != "exemplar" or run is None:
+            lines.append(f"| {strategy} | not run |  |  |  |  |  |")
+            continue
+        real = rows[strategy, stage, "real"]
+        lines.append(f"| {strategy} | {stage} | {r['median']:+.4f} / {real['median']:+.4f} | "
+                     f"{r['median'] - real['median']:+.4f} | {r['frac_below_zero']:.3f} / "
+                     f"{real['frac_below_zero']:.3f} | {run.config['config_hash']} | {device_of(run.env)} |")
+    return "\n".join(lines)
+
+
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (paired differences over n seeds
 # have n - 1); a table rather than scipy, which the environment does not pin.
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}

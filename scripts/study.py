@@ -182,7 +182,7 @@ CBF_CONTROL = "lucir+balanced_finetune"  # herding with the class-balanced fine-
 def cmd_readme(args: argparse.Namespace) -> int:
     """Rewrite the README's generated blocks (Table 1 and the exemplar ablation: every seed, hash and
     device) from results/."""
-    from mnemonics_lib import readme, study
+    from mnemonics_lib import readme, report, study
     from mnemonics_lib.atomic import write_text_atomic
 
     params = load_params(args.profile)
@@ -205,6 +205,12 @@ def cmd_readme(args: argparse.Namespace) -> int:
         if {"lucir_mnemonics", CBF_CONTROL} <= set(specs):
             comparisons += [readme.Comparison(p["dataset"], int(n), "lucir_mnemonics", CBF_CONTROL, recs)
                             for n in study.as_list(p["ablation_phases"])]
+    p = study.notebook_parameters("figure1_tsne", params)  # Fig. 1's margins: exemplars on class boundaries?
+    configs = study.snapshot_configs(p["dataset"], p["snapshot_method"], p["snapshot_exemplars"], p["snapshot_phases"],
+                                     p["snapshot_seed"], p["profile"], **study.common_fields(p))
+    snaps = study.snapshot_records(configs, root, missing="skip")
+    long = report.margin_table(snaps, dataset=p["dataset"], profile=p["profile"]).long
+    blocks[f"margins-{p['dataset']}-{p['profile']}"] = readme.margin_table(snaps, long)
     datasets = list(dict.fromkeys(c.dataset for c in comparisons))
     comparisons.sort(key=lambda c: (datasets.index(c.dataset), c.phases, c.reference != "lucir"))
     blocks[f"mnemonics-vs-herding-{params['profile']}"] = readme.comparison_table(comparisons, params["seeds"])

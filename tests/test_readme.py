@@ -98,6 +98,26 @@ def test_comparison_table_calls_a_difference_only_when_the_t_interval_excludes_z
     assert lo_hi[1] < 0 and round(lo_hi[0], 3) == round(-1.5 - 4.303 * 0.5 / 3 ** 0.5, 3)
 
 
+def test_margin_table_sets_exemplar_against_real_margins_under_the_same_run():
+    from mnemonics_lib import report
+
+    herd, mnem = fake("lucir", 1993, 40.0), fake("lucir_mnemonics", 1993, 41.0, "NVIDIA H100 80GB HBM3")
+    herd.metrics["snapshots"] = [{"phase": 1, "exemplar_margin": [-0.1, 0.3, 0.1], "real_margin": [-0.2, 0.0]},
+                                 {"phase": 5, "exemplar_margin": [0.5], "real_margin": [-0.5, 0.25, 0.0]}]
+    mnem.metrics["snapshots"] = [{"phase": 1, "exemplar_margin": [-0.25, -0.05], "real_margin": [0.0]},
+                                 {"phase": 5, "exemplar_margin": [0.0], "real_margin": [0.1]}]
+    random_missing = make_config(**parse_spec("lucir_random"), dataset="caltech100", phases=5)
+    long = report.margin_table([herd, mnem], dataset="caltech100", profile="quick", missing=[random_missing]).long
+    table = readme.margin_table([herd, mnem], long).splitlines()
+    hh, mh = herd.config["config_hash"], mnem.config["config_hash"]
+    assert table[2:] == [
+        f"| herding | early (phase 1) | +0.1000 / -0.1000 | +0.2000 | 0.333 / 0.500 | {hh} | CPU |",
+        f"| herding | late (phase 5) | +0.5000 / +0.0000 | +0.5000 | 0.000 / 0.333 | {hh} | CPU |",
+        f"| mnemonics | early (phase 1) | -0.1500 / +0.0000 | -0.1500 | 1.000 / 0.000 | {mh} | H100 |",
+        f"| mnemonics | late (phase 5) | +0.0000 / +0.1000 | -0.1000 | 0.000 / 0.000 | {mh} | H100 |",
+        "| random | not run |  |  |  |  |  |"]
+
+
 def test_device_label_names_each_device_a_resumed_run_used():
     xeon, h100 = "Intel(R) Xeon(R) Processor", "NVIDIA H100 80GB HBM3"
     assert readme.device_of({"device": xeon, "cpu_compile": True}) == "CPU compiled"
