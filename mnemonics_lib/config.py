@@ -118,6 +118,9 @@ class RunConfig:
     amp: bool = False  # bf16 autocast on CUDA; changes numerics, so it is part of the hash
     synthetic_classes: int = 20  # only for dataset == "synthetic"
     epochs_override: int | None = None  # optional: replace both epoch counts (sweeps, tests)
+    # optional: replace the schedule's learning rate (diagnostics, e.g. iCaRL's own lr 2.0 for its
+    # BCE loss; the paper trains every method at 0.1). Absent from the hash when unused
+    lr_override: float | None = None
     # optional: end the run after this phase (0-based), e.g. a sensitivity sweep that compares
     # settings on the first incremental phases only; the metrics then cover phases 0..last_phase
     last_phase: int | None = None
@@ -135,6 +138,8 @@ class RunConfig:
         s = SCHEDULES[self.profile]
         if self.epochs_override is not None:
             s = dataclasses.replace(s, base_epochs=self.epochs_override, epochs=self.epochs_override)
+        if self.lr_override is not None:
+            s = dataclasses.replace(s, lr=float(self.lr_override))
         return s
 
     @property
@@ -155,6 +160,8 @@ class RunConfig:
             del d["last_phase"]
         if self.train_per_class is None:
             del d["train_per_class"]  # the same rule: added later, absent when unused
+        if self.lr_override is None:
+            del d["lr_override"]  # the same rule
         return d
 
     def config_hash(self) -> str:
@@ -214,6 +221,8 @@ def _validate(c: RunConfig) -> None:
         )
     if c.epochs_override is not None and c.epochs_override < 1:
         raise ConfigError(f"epochs_override must be >= 1, got {c.epochs_override}")
+    if c.lr_override is not None and not (isinstance(c.lr_override, (int, float)) and c.lr_override > 0):
+        raise ConfigError(f"lr_override must be a positive number or None (the profile's lr), got {c.lr_override!r}")
     if c.last_phase is not None and not (isinstance(c.last_phase, int) and 0 <= c.last_phase <= c.phases):
         raise ConfigError(f"last_phase must be an integer in 0..phases ({c.phases}) or None, "
                           f"got {c.last_phase!r}")

@@ -145,6 +145,8 @@ BAD_CONFIGS = [
      ["memory_total=50", "all 100 classes"]),
     (dict(phases=0), ["phases must be a positive integer"]),
     (dict(epochs_override=0), ["epochs_override must be >= 1"]),
+    (dict(lr_override=0.0), ["lr_override must be a positive number", "0.0"]),
+    (dict(lr_override="2"), ["lr_override must be a positive number", "'2'"]),
     (dict(dataset="synthetic", synthetic_classes=1), ["synthetic_classes must be >= 2"]),
     (dict(mnemonics={"inner_steps": 0}), ["mnemonics.inner_steps must be >= 1"]),
 ]
@@ -189,6 +191,11 @@ def test_defaults_are_the_paper_protocol_and_hash_tracks_results_fields():
     assert c.replace(seed=1).config_hash() != c.config_hash()
     assert c.replace(epochs_override=3).config_hash() != c.config_hash()
     assert c.replace(memory_mode="fixed_total").config_hash() != c.config_hash()
+    # lr_override: the schedule's lr replaced, nothing else; unused, it leaves every cached hash alone
+    fast = c.replace(lr_override=2.0)
+    assert fast.schedule == dataclasses.replace(c.schedule, lr=2.0)
+    assert fast.config_hash() != c.config_hash() and fast.to_dict()["schedule"]["lr"] == 2.0
+    assert "lr_override" not in c.to_dict()
 
 
 def test_mnemonics_settings_hash_only_mnemonics_runs():
