@@ -1,4 +1,5 @@
-"""The README's generated blocks: Table 1 and the exemplar ablation seed by seed, read from the run ledger.
+"""The README's generated blocks (Table 1, the exemplar ablation, mnemonics vs herding, Fig. 1's
+margins, iCaRL's phase 0), seed by seed, read from the run ledger.
 
 The README shows every measured seed (not only mean ± std), the config hash and the device of
 each run, and the paired difference to LUCIR (herding). Typing those by hand went stale twice, so
@@ -18,12 +19,13 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from . import paper_numbers
+from . import paper_numbers, study
 from .study import SEEDS, as_list, spec_of
 
 BEGIN = "<!-- generated: {} -->"
 END = "<!-- /generated: {} -->"
 REFERENCE = "lucir"  # the paired differences are taken against LUCIR with herding exemplars
+CBF_CONTROL = "lucir+balanced_finetune"  # herding with the class-balanced fine-tuning mnemonics runs use
 
 
 class ReadmeError(ValueError):
@@ -282,3 +284,50 @@ def update(text: str, blocks: Mapping[str, str]) -> str:
     for name, body in blocks.items():
         text = replace_block(text, name, body)
     return text
+
+
+# ------------------------------------------------------------------ every block of one profile
+def _variants_with(params: Mapping[str, Any], notebook: str) -> list[Mapping[str, Any]]:
+    """The profile's parameters and those of each variant that renders ``notebook``."""
+    return [params] + [vp for _, nbs, vp in study.variant_params(params) if notebook in nbs]
+
+
+def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
+    """Every generated block of one profile (``params``: its params file), from the runs in
+    ``root``; a run not there reads "not run". Table 1 per dataset and N, the exemplar ablation,
+    LUCIR w/ mnemonics against herding (and herding + CBF), Fig. 1's margins, iCaRL's phase 0."""
+    from . import diagnostics, report
+
+    blocks: dict[str, str] = {}
+    comparisons: list[Comparison] = []
+    for vp in _variants_with(params, "table1"):
+        p = study.notebook_parameters("table1", vp)
+        recs = study.run_configs(study.notebook_configs("table1", vp), root, missing="skip")
+        blocks.update(table1_blocks(recs, p["dataset"], p["profile"], p["phases"], p["seeds"]))
+        comparisons += [Comparison(p["dataset"], int(n), "lucir_mnemonics", REFERENCE, recs)
+                        for n in as_list(p["phases"])]
+    for vp in _variants_with(params, "ablation_exemplars"):
+        p = study.notebook_parameters("ablation_exemplars", vp)
+        configs = study.notebook_configs("ablation_exemplars", vp)
+        recs = study.run_configs(configs, root, missing="skip")
+        specs = list(dict.fromkeys(spec_of(c) for c in configs))
+        blocks.update(ablation_blocks(recs, p["dataset"], p["profile"], p["ablation_phases"], specs, p["seeds"]))
+        if {"lucir_mnemonics", CBF_CONTROL} <= set(specs):
+            comparisons += [Comparison(p["dataset"], int(n), "lucir_mnemonics", CBF_CONTROL, recs)
+                            for n in as_list(p["ablation_phases"])]
+    datasets = list(dict.fromkeys(c.dataset for c in comparisons))
+    comparisons.sort(key=lambda c: (datasets.index(c.dataset), c.phases, c.reference != REFERENCE))
+    blocks[f"mnemonics-vs-herding-{params['profile']}"] = comparison_table(comparisons, params["seeds"])
+
+    p = study.notebook_parameters("figure1_tsne", params)
+    configs = study.snapshot_configs(p["dataset"], p["snapshot_method"], p["snapshot_exemplars"],
+                                     p["snapshot_phases"], p["snapshot_seed"], p["profile"], **study.common_fields(p))
+    snaps = study.snapshot_records(configs, root, missing="skip")
+    long = report.margin_table(snaps, dataset=p["dataset"], profile=p["profile"]).long
+    blocks[f"margins-{p['dataset']}-{p['profile']}"] = margin_table(snaps, long)
+
+    variants = list(diagnostics.DEFAULT_VARIANTS)
+    configs = diagnostics.phase0_configs(variants, params["dataset"], params["profile"])
+    recs = study.run_configs(configs, root, missing="skip", study=diagnostics.STUDY)
+    blocks[f"icarl-phase0-{params['dataset']}-{params['profile']}"] = diagnostics.phase0_table(variants, configs, recs)
+    return blocks

@@ -176,44 +176,14 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-CBF_CONTROL = "lucir+balanced_finetune"  # herding with the class-balanced fine-tuning mnemonics runs use
-
-
 def cmd_readme(args: argparse.Namespace) -> int:
-    """Rewrite the README's generated blocks (Table 1 and the exemplar ablation: every seed, hash and
-    device) from results/."""
-    from mnemonics_lib import readme, report, study
+    """Rewrite the README's generated blocks (:func:`mnemonics_lib.readme.study_blocks`) from results/."""
+    from mnemonics_lib import readme
     from mnemonics_lib.atomic import write_text_atomic
 
     params = load_params(args.profile)
     root = notebook_path(params.get("results_dir", "../results"))
-    blocks: dict[str, str] = {}
-    comparisons: list[readme.Comparison] = []  # LUCIR w/ mnemonics against herding (and herding + CBF)
-    for vparams in [params] + [vp for _, nbs, vp in study.variant_params(params) if "table1" in nbs]:
-        p = study.notebook_parameters("table1", vparams)
-        recs = study.run_configs(study.notebook_configs("table1", vparams), root, missing="skip")
-        blocks.update(readme.table1_blocks(recs, p["dataset"], p["profile"], p["phases"], p["seeds"]))
-        comparisons += [readme.Comparison(p["dataset"], int(n), "lucir_mnemonics", "lucir", recs)
-                        for n in study.as_list(p["phases"])]
-    for vparams in [params] + [vp for _, nbs, vp in study.variant_params(params) if "ablation_exemplars" in nbs]:
-        p = study.notebook_parameters("ablation_exemplars", vparams)
-        configs = study.notebook_configs("ablation_exemplars", vparams)
-        recs = study.run_configs(configs, root, missing="skip")
-        specs = list(dict.fromkeys(study.spec_of(c) for c in configs))
-        blocks.update(readme.ablation_blocks(recs, p["dataset"], p["profile"], p["ablation_phases"], specs,
-                                             p["seeds"]))
-        if {"lucir_mnemonics", CBF_CONTROL} <= set(specs):
-            comparisons += [readme.Comparison(p["dataset"], int(n), "lucir_mnemonics", CBF_CONTROL, recs)
-                            for n in study.as_list(p["ablation_phases"])]
-    p = study.notebook_parameters("figure1_tsne", params)  # Fig. 1's margins: exemplars on class boundaries?
-    configs = study.snapshot_configs(p["dataset"], p["snapshot_method"], p["snapshot_exemplars"], p["snapshot_phases"],
-                                     p["snapshot_seed"], p["profile"], **study.common_fields(p))
-    snaps = study.snapshot_records(configs, root, missing="skip")
-    long = report.margin_table(snaps, dataset=p["dataset"], profile=p["profile"]).long
-    blocks[f"margins-{p['dataset']}-{p['profile']}"] = readme.margin_table(snaps, long)
-    datasets = list(dict.fromkeys(c.dataset for c in comparisons))
-    comparisons.sort(key=lambda c: (datasets.index(c.dataset), c.phases, c.reference != "lucir"))
-    blocks[f"mnemonics-vs-herding-{params['profile']}"] = readme.comparison_table(comparisons, params["seeds"])
+    blocks = readme.study_blocks(params, root)
     path = Path(args.readme)
     text = path.read_text()
     present = {k: v for k, v in blocks.items() if readme.BEGIN.format(k) in text}

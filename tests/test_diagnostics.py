@@ -1,11 +1,15 @@
-"""scripts/diagnose_icarl.py: phase-0-only runs under schedule variants, stored and cached as runs."""
+"""The iCaRL phase-0 diagnostic: variants, runs stored and cached as runs, and its README table."""
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from mnemonics_lib import diagnostics
+from mnemonics_lib.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,11 +22,28 @@ def _script():
 
 
 def test_variants_parse_and_bad_ones_name_the_syntax():
-    mod = _script()
-    assert mod.parse_variant("icarl") == ("icarl", {})
-    assert mod.parse_variant("icarl:lr=2.0,epochs=60") == ("icarl", {"lr_override": 2.0, "epochs_override": 60})
-    with pytest.raises(SystemExit, match="method\\[:knob=value"):
-        mod.parse_variant("icarl:momentum=0.5")
+    assert diagnostics.parse_variant("icarl") == ("icarl", {})
+    assert diagnostics.parse_variant("icarl:lr=2.0,epochs=60") == (
+        "icarl", {"lr_override": 2.0, "epochs_override": 60})
+    with pytest.raises(ConfigError, match="method\\[:knob=value"):
+        diagnostics.parse_variant("icarl:momentum=0.5")
+    with pytest.raises(SystemExit, match="bad variant 'icarl:lr'"):
+        _script().main(["--variant", "icarl:lr"])
+    # phase 0 of the Table 1 run: N = 5, seed = class-order seed, only phase 0 trained
+    c = diagnostics.phase0_configs(["icarl:epochs=60"], seed=1994)[0]
+    assert (c.method, c.phases, c.seed, c.class_order_seed, c.last_phase, c.schedule.base_epochs,
+            c.schedule.lr) == ("icarl", 5, 1994, 1994, 0, 60, 0.1)
+
+
+def test_phase0_table_is_exact():
+    variants = ["icarl", "lwf:lr=0.5"]
+    configs = diagnostics.phase0_configs(variants)
+    rec = SimpleNamespace(config={"config_hash": configs[0].config_hash()},
+                          metrics={"per_phase": [{"acc_cnn": 9.875, "acc_nme": 6.25}]},
+                          env={"device": "Intel(R) Xeon(R) Processor", "cpu_compile": True})
+    assert diagnostics.phase0_table(variants, configs, [rec]).splitlines()[2:] == [
+        f"| icarl | BCE | 0.1 | 20 | 9.88 | 6.25 | {configs[0].config_hash()} | CPU compiled |",
+        f"| lwf:lr=0.5 | CE | 0.5 | 20 | not run |  | {configs[1].config_hash()} |  |"]
 
 
 def test_phase0_runs_are_stored_with_their_overrides_and_then_loaded(tmp_path, capsys, monkeypatch):
@@ -37,7 +58,8 @@ def test_phase0_runs_are_stored_with_their_overrides_and_then_loaded(tmp_path, c
         0.5, 0.5, 1, 0)
     assert len(json.loads((dirs[0] / "metrics.json").read_text())["per_phase"]) == 1  # phase 0 only
     first = capsys.readouterr().out.splitlines()
-    assert first[2].startswith("| icarl:lr=0.5,epochs=1 | 0.5 | 1 | ") and first[3].startswith("| lwf:epochs=1 | 0.05 | 1 | ")
+    assert first[-2].startswith("| icarl:lr=0.5,epochs=1 | BCE | 0.5 | 1 | ")
+    assert first[-1].startswith("| lwf:epochs=1 | CE | 0.05 | 1 | ")
 
     import mnemonics_lib.trainer as trainer
 

@@ -1,0 +1,68 @@
+"""Why iCaRL does not train under the quick schedule: its phase 0 alone, under schedule variants.
+
+iCaRL's loss is sigmoid BCE (Rebuffi et al.); the study trains every method with the paper's
+shared schedule (lr 0.1), and at quick (20 epochs in phase 0) iCaRL's phase-0 accuracy is a
+fraction of the CE-trained heads'. A *variant* is ``method[:knob=value,...]`` (knobs ``lr`` and
+``epochs``, mapped onto ``RunConfig.lr_override`` / ``epochs_override``); each is the phase 0
+(``last_phase=0``) of the Table 1 run of that method and seed, and is stored as a run under
+``results/diagnostics/icarl_phase0/`` (``scripts/diagnose_icarl.py`` computes them, the README
+block reads them).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from .config import ConfigError, RunConfig, make_config
+from .study import seed_fields
+
+STUDY = "diagnostics/icarl_phase0"
+# iCaRL at quick (the reference), at iCaRL's own lr (2.0, from its paper; the other settings stay
+# quick's), at 3x and 8x quick's phase-0 epochs (160 = the paper's), and LwF (CE, the same linear
+# head and data) at quick as the control
+DEFAULT_VARIANTS = ("icarl", "icarl:lr=2.0", "icarl:epochs=60", "icarl:epochs=160", "lwf")
+KNOBS = {"lr": ("lr_override", float), "epochs": ("epochs_override", int)}
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``method[:knob=value,...]`` -> (method, RunConfig overrides)."""
+    method, _, rest = text.partition(":")
+    fields: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        name, eq, value = item.partition("=")
+        if not eq or name not in KNOBS:
+            raise ConfigError(f"bad variant {text!r}: write method[:knob=value,...] with knobs {sorted(KNOBS)}, "
+                              f"e.g. icarl:lr=2.0,epochs=60")
+        field, cast = KNOBS[name]
+        fields[field] = cast(value)
+    return method, fields
+
+
+def phase0_configs(variants: Iterable[str] = DEFAULT_VARIANTS, dataset: str = "caltech100",
+                   profile: str = "quick", seed: int = 1993) -> list[RunConfig]:
+    """Phase 0 of the N = 5 Table 1 run of each variant's method (phase 0 does not depend on N)."""
+    out = []
+    for text in variants:
+        method, fields = parse_variant(text)
+        out.append(make_config(dataset=dataset, phases=5, method=method, profile=profile, last_phase=0,
+                               **seed_fields(seed), **fields))
+    return out
+
+
+def phase0_table(variants: Sequence[str], configs: Sequence[RunConfig], records: Iterable[Any]) -> str:
+    """Markdown: per variant its lr, phase-0 epochs, CNN and NME accuracy after phase 0, hash and
+    device ("not run" where its run is not in ``records``)."""
+    from .readme import device_of  # local: readme imports the study module this one does
+
+    by_hash = {r.config["config_hash"]: r for r in records}
+    lines = ["| variant | loss | lr | phase-0 epochs | CNN % | NME % | config hash | device |",
+             "|---|---|---|---|---|---|---|---|"]
+    for text, c in zip(variants, configs):
+        r = by_hash.get(c.config_hash())
+        loss = "BCE" if c.method == "icarl" else "CE"
+        first = f"| {text} | {loss} | {c.schedule.lr:g} | {c.schedule.base_epochs} |"
+        if r is None:
+            lines.append(f"{first} not run |  | {c.config_hash()} |  |")
+            continue
+        p0 = r.metrics["per_phase"][0]
+        lines.append(f"{first} {p0['acc_cnn']:.2f} | {p0['acc_nme']:.2f} | {c.config_hash()} | {device_of(r.env)} |")
+    return "\n".join(lines)
