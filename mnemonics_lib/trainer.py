@@ -243,8 +243,8 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
             torch.cuda.synchronize()
         t1 = time.perf_counter()
         per_class = protocol.exemplars_per_class(config, plan.seen_classes(p))
-        exemplar_stage(config, model, memory, new_x, new_y, new, per_class, data.norm, gen,
-                       make_generator(_phase_seed(config, p, 1), "cpu"), p)
+        change = exemplar_stage(config, model, memory, new_x, new_y, new, per_class, data.norm, gen,
+                                make_generator(_phase_seed(config, p, 1), "cpu"), p)
         if config.use_balanced_finetune and p > 0:
             ctx.train_x, ctx.train_y = train_x, train_y
             balanced_finetune(ctx, method, memory)
@@ -253,6 +253,8 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
         t3 = time.perf_counter()
         row["wall_s"] = {"train": t1 - t0, "exemplars": t2 - t1, "eval": t3 - t2}
         row["memory_total"] = len(memory)
+        if change:  # mnemonics / authors_code: how far the pixels moved, in grey levels
+            row["exemplar_change"] = change
         per_phase.append(row)
         log.info("phase %d: %d classes, CNN %.2f%%, NME %.2f%% (%.1fs)", p, row["n_classes"],
                  row["acc_cnn"], row["acc_nme"], t3 - t0)

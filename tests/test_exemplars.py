@@ -3,7 +3,7 @@ rounded back to uint8."""
 import torch
 
 from mnemonics_lib.backbones import build_net
-from mnemonics_lib.exemplars import authors_code_adjust
+from mnemonics_lib.exemplars import authors_code_adjust, pixel_change
 from mnemonics_lib.pipeline import Normaliser
 
 
@@ -35,3 +35,16 @@ def test_authors_learning_rate_is_lost_in_the_uint8_rounding():
     net, norm, ex, ey, rx, ry = _setup()
     out = authors_code_adjust(net, ex, ey, rx, ry, norm, torch.Generator().manual_seed(0), lr=1e-5)
     assert torch.allclose(out, ex, atol=1e-5)
+
+
+def test_pixel_change_is_measured_in_grey_levels():
+    norm = Normaliser.create((0.5,) * 3, (0.25,) * 3, "cpu")
+    before = norm(torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8))
+    moved = norm.denormalise(before).clone()
+    moved[0, 1, 2, 3] += 3 / 255  # one pixel value up by 3 grey levels
+    moved[1, 0, 0, 0] -= 1 / 255  # another down by 1
+    after = (moved - norm.mean) / norm.std
+    got = pixel_change(before, after, norm)
+    assert abs(got["max"] - 3.0) < 1e-4 and abs(got["mean"] - 4.0 / before.numel()) < 1e-6
+    assert pixel_change(before, before, norm) == {"max": 0.0, "mean": 0.0}
+    assert pixel_change(before[:0], after[:0], norm) == {"max": 0.0, "mean": 0.0}

@@ -387,6 +387,11 @@ def test_snapshot_records_what_the_figures_need(tmp_path):
         x, y = snapshots.decode_pixels(s["exemplar_pixels"])
         assert x.shape == (15, 3, 32, 32) and x.dtype.name == "uint8" and sorted(set(y)) == [0, 1, 2, 3, 4]
     assert study.snapshot(c, None, tmp_path, compute_missing=False).path == rec.path
+    # every phase records how far the bilevel program moved the pixels: the new classes' exemplars,
+    # and from phase 1 on the adjusted old ones, in grey levels
+    change = [p["exemplar_change"] for p in rec.metrics["per_phase"]]
+    assert [sorted(ch) for ch in change] == [["new"], ["new", "old"], ["new", "old"]]
+    assert all(0 < ch[k]["mean"] <= ch[k]["max"] <= 255 for ch in change for k in ch)
     with pytest.raises(ValueError, match="recorded phases"):
         study.snapshot(c, (0, 2), tmp_path)
     # Fig. 1 with its first column "not run": the phase row labels are still there
