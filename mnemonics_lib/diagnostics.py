@@ -1,19 +1,27 @@
-"""Why iCaRL does not train under the quick schedule: its phase 0 alone, under schedule variants.
+"""Diagnostics: short runs that explain a result, stored and cached like every run.
+
+**iCaRL's phase 0** (why iCaRL does not train under the quick schedule).
 
 iCaRL's loss is sigmoid BCE (Rebuffi et al.); the study trains every method with the paper's
 shared schedule (lr 0.1), and at quick (20 epochs in phase 0) iCaRL's phase-0 accuracy is a
 fraction of the CE-trained heads'. A *variant* is ``method[:knob=value,...]`` (knobs ``lr`` and
 ``epochs``, mapped onto ``RunConfig.lr_override`` / ``epochs_override``); each is the phase 0
 (``last_phase=0``) of the Table 1 run of that method and seed, and is stored as a run under
-``results/diagnostics/icarl_phase0/`` (``scripts/diagnose_icarl.py`` computes them, the README
+``results/diagnostics/icarl_phase0/`` (``scripts/diagnose.py icarl`` computes them, the README
 block reads them).
+
+**The mnemonics step size** (do the optimised exemplars move at all?). The sweep chose beta1 =
+100, the largest value of its grid, and at quick the exemplars then stay within a few grey levels
+of their herding start. :func:`step_configs` repeats the sweep's run at its choice (same config,
+same hash: a reproducibility check) and extends it past the grid's edge; the runs record how far
+the pixels moved (``per_phase[].exemplar_change``).
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
 from .config import ConfigError, RunConfig, make_config
-from .study import seed_fields
+from .study import seed_fields, sweep_configs
 
 STUDY = "diagnostics/icarl_phase0"
 # iCaRL at quick (the reference), at iCaRL's own lr (2.0, from its paper; the other settings stay
@@ -21,6 +29,9 @@ STUDY = "diagnostics/icarl_phase0"
 # head and data) at quick as the control
 DEFAULT_VARIANTS = ("icarl", "icarl:lr=2.0", "icarl:epochs=60", "icarl:epochs=160", "lwf")
 KNOBS = {"lr": ("lr_override", float), "epochs": ("epochs_override", int)}
+
+STEP_STUDY = "diagnostics/mnemonics_step"
+STEP_OUTER_LRS = (100.0, 1000.0)  # the sweep's choice, and ten times it (past its grid)
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -65,4 +76,33 @@ def phase0_table(variants: Sequence[str], configs: Sequence[RunConfig], records:
             continue
         p0 = r.metrics["per_phase"][0]
         lines.append(f"{first} {p0['acc_cnn']:.2f} | {p0['acc_nme']:.2f} | {c.config_hash()} | {device_of(r.env)} |")
+    return "\n".join(lines)
+
+
+def step_configs(outer_lrs: Iterable[float] = STEP_OUTER_LRS, inner_lr: float = 0.01, dataset: str = "caltech100",
+                 profile: str = "quick", seed: int = 1993, memory_per_class: int = 20) -> list[RunConfig]:
+    """The sweep's runs (LUCIR w/ mnemonics, N = 5, phases 0-1, K = 1) at each beta1 in ``outer_lrs``;
+    at the sweep's own values they are the sweep's configs (the same hashes)."""
+    return sweep_configs(dataset, [inner_lr], list(outer_lrs), [1], phases=5, seed=seed, profile=profile,
+                         last_phase=1, memory_per_class=memory_per_class)
+
+
+def step_table(configs: Sequence[RunConfig], records: Iterable[Any]) -> str:
+    """Markdown: per beta1 the AIA (phases 0-1) and how far the pixels moved in phase 1 (new-class
+    exemplars and adjusted old ones: max / mean change in grey levels)."""
+    from .readme import device_of
+
+    by_hash = {r.config["config_hash"]: r for r in records}
+    lines = ["| beta1 | alpha | AIA CNN (phases 0-1) | phase-1 change, new exemplars: max / mean | "
+             "old exemplars: max / mean | config hash | device |", "|---|---|---|---|---|---|---|"]
+    for c in configs:
+        r = by_hash.get(c.config_hash())
+        first = f"| {c.mnemonics.outer_lr:g} | {c.mnemonics.inner_lr:g} |"
+        if r is None:
+            lines.append(f"{first} not run |  |  | {c.config_hash()} |  |")
+            continue
+        ch = r.metrics["per_phase"][1].get("exemplar_change", {})
+        cell = lambda k: f"{ch[k]['max']:.1f} / {ch[k]['mean']:.3f}" if k in ch else "not recorded"  # noqa: E731
+        lines.append(f"{first} {r.metrics['aia_cnn']:.2f} | {cell('new')} | {cell('old')} | {c.config_hash()} | "
+                     f"{device_of(r.env)} |")
     return "\n".join(lines)

@@ -295,7 +295,8 @@ def _variants_with(params: Mapping[str, Any], notebook: str) -> list[Mapping[str
 def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     """Every generated block of one profile (``params``: its params file), from the runs in
     ``root``; a run not there reads "not run". Table 1 per dataset and N, the exemplar ablation,
-    LUCIR w/ mnemonics against herding (and herding + CBF), Fig. 1's margins, iCaRL's phase 0."""
+    LUCIR w/ mnemonics against herding (and herding + CBF), Fig. 1's margins, iCaRL's phase 0, the
+    mnemonics step size."""
     from . import diagnostics, report
 
     blocks: dict[str, str] = {}
@@ -330,4 +331,9 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     configs = diagnostics.phase0_configs(variants, params["dataset"], params["profile"])
     recs = study.run_configs(configs, root, missing="skip", study=diagnostics.STUDY)
     blocks[f"icarl-phase0-{params['dataset']}-{params['profile']}"] = diagnostics.phase0_table(variants, configs, recs)
+
+    configs = diagnostics.step_configs(dataset=params["dataset"], profile=params["profile"],
+                                       memory_per_class=int(params["memory_per_class"]))
+    recs = study.run_configs(configs, root, missing="skip", study=diagnostics.STEP_STUDY)
+    blocks[f"mnemonics-step-{params['dataset']}-{params['profile']}"] = diagnostics.step_table(configs, recs)
     return blocks

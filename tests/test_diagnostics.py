@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("diagnose_icarl", ROOT / "scripts" / "diagnose_icarl.py")
+    spec = importlib.util.spec_from_file_location("diagnose", ROOT / "scripts" / "diagnose.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -28,7 +28,7 @@ def test_variants_parse_and_bad_ones_name_the_syntax():
     with pytest.raises(ConfigError, match="method\\[:knob=value"):
         diagnostics.parse_variant("icarl:momentum=0.5")
     with pytest.raises(SystemExit, match="bad variant 'icarl:lr'"):
-        _script().main(["--variant", "icarl:lr"])
+        _script().main(["icarl", "--variant", "icarl:lr"])
     # phase 0 of the Table 1 run: N = 5, seed = class-order seed, only phase 0 trained
     c = diagnostics.phase0_configs(["icarl:epochs=60"], seed=1994)[0]
     assert (c.method, c.phases, c.seed, c.class_order_seed, c.last_phase, c.schedule.base_epochs,
@@ -48,7 +48,7 @@ def test_phase0_table_is_exact():
 
 def test_phase0_runs_are_stored_with_their_overrides_and_then_loaded(tmp_path, capsys, monkeypatch):
     mod = _script()
-    argv = ["--dataset", "synthetic", "--profile", "smoke", "--device", "cpu", "--results-dir", str(tmp_path),
+    argv = ["icarl", "--dataset", "synthetic", "--profile", "smoke", "--device", "cpu", "--results-dir", str(tmp_path),
             "--variant", "icarl:lr=0.5,epochs=1", "--variant", "lwf:epochs=1"]
     assert mod.main(argv) == 0
     dirs = sorted((tmp_path / "diagnostics" / "icarl_phase0").iterdir())
@@ -66,3 +66,32 @@ def test_phase0_runs_are_stored_with_their_overrides_and_then_loaded(tmp_path, c
     monkeypatch.setattr(trainer, "run_incremental", lambda *a, **k: pytest.fail("a cached variant was recomputed"))
     assert mod.main(argv) == 0
     assert capsys.readouterr().out.splitlines() == first
+
+
+def test_step_configs_repeat_the_sweeps_own_run_and_extend_it():
+    choice = json.loads((ROOT / "results" / "sweeps" / "mnemonics" / "choice.json").read_text())
+    at_choice = next(r for r in choice["sweep"] if (r["inner_lr"], r["outer_lr"]) == (0.01, 100.0))
+    beyond = diagnostics.step_configs([100.0, 1000.0])
+    assert beyond[0].config_hash() == at_choice["config_hash"]  # the same run: a reproducibility check
+    assert (beyond[1].mnemonics.outer_lr, beyond[1].last_phase, beyond[1].exemplars) == (1000.0, 1, "mnemonics")
+
+
+def test_step_table_is_exact():
+    configs = diagnostics.step_configs([100.0, 1000.0])
+    per_phase = [{}, {"exemplar_change": {"new": {"max": 4.25, "mean": 0.0312}}}]
+    rec = SimpleNamespace(config={"config_hash": configs[0].config_hash()},
+                          metrics={"aia_cnn": 32.3481, "per_phase": per_phase}, env={"device": "NVIDIA H200"})
+    assert diagnostics.step_table(configs, [rec]).splitlines()[2:] == [
+        f"| 100 | 0.01 | 32.35 | 4.2 / 0.031 | not recorded | {configs[0].config_hash()} | H200 |",
+        f"| 1000 | 0.01 | not run |  |  | {configs[1].config_hash()} |  |"]
+
+
+def test_mnemonics_step_runs_record_the_pixel_change(tmp_path, capsys):
+    argv = ["mnemonics-step", "--dataset", "synthetic", "--profile", "smoke", "--device", "cpu",
+            "--results-dir", str(tmp_path), "--outer-lr", "10", "--outer-lr", "1000"]
+    assert _script().main(argv) == 0
+    rows = capsys.readouterr().out.splitlines()[-2:]
+    assert rows[0].startswith("| 10 | 0.01 | ") and rows[1].startswith("| 1000 | 0.01 | ")
+    # the change is recorded for both programs in phase 1, and a 100x step moves the pixels further
+    moved = [float(r.split(" | ")[3].split(" / ")[1]) for r in rows]
+    assert all("not recorded" not in r for r in rows) and moved[1] > moved[0] > 0

@@ -1,0 +1,72 @@
+"""Diagnostics: short runs that explain a result (``mnemonics_lib/diagnostics.py``), each stored as a
+run directory under ``results/diagnostics/`` (provenance as for every run; cached, so a rerun
+computes only what is missing). ``python scripts/study.py readme`` puts their tables into the README.
+
+    python scripts/diagnose.py icarl --threads 1           # iCaRL's phase 0 under schedule variants
+    python scripts/diagnose.py icarl --variant icarl:lr=2.0,epochs=70
+    python scripts/diagnose.py mnemonics-step --threads 1  # the sweep's run at beta1 100 and 1000
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mnemonics_lib import diagnostics
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("which", choices=["icarl", "mnemonics-step"])
+    ap.add_argument("--variant", action="append",
+                    help=f"icarl: method[:lr=..,epochs=..], repeatable (default: "
+                         f"{', '.join(diagnostics.DEFAULT_VARIANTS)})")
+    ap.add_argument("--outer-lr", type=float, action="append",
+                    help=f"mnemonics-step: beta1, repeatable (default: {diagnostics.STEP_OUTER_LRS})")
+    ap.add_argument("--dataset", default="caltech100")
+    ap.add_argument("--profile", default="quick", help="the schedule the runs start from")
+    ap.add_argument("--seed", type=int, default=1993, help="class-order and training seed")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--results-dir", default=str(ROOT / "results"))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from mnemonics_lib import results
+    from mnemonics_lib.config import ConfigError
+    from mnemonics_lib.trainer import default_device, run_incremental
+
+    try:
+        if args.which == "icarl":
+            variants = args.variant or list(diagnostics.DEFAULT_VARIANTS)
+            configs = diagnostics.phase0_configs(variants, args.dataset, args.profile, args.seed)
+            study, checkpoints = diagnostics.STUDY, False  # one short phase each
+            table = lambda recs: diagnostics.phase0_table(variants, configs, recs)  # noqa: E731
+        else:
+            configs = diagnostics.step_configs(args.outer_lr or diagnostics.STEP_OUTER_LRS, dataset=args.dataset,
+                                               profile=args.profile, seed=args.seed)
+            study, checkpoints = diagnostics.STEP_STUDY, True  # two phases with exemplar stages: resumable
+            table = lambda recs: diagnostics.step_table(configs, recs)  # noqa: E731
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = default_device() if args.device == "auto" else torch.device(args.device)
+
+    def compute(c):
+        return run_incremental(c, device, checkpoints=checkpoints, share_phase0=checkpoints)
+
+    records = []
+    for c in configs:
+        records.append(results.run_or_load(c, compute, args.results_dir, study=study))
+        print(f"{c.config_hash()}: {records[-1].path}", flush=True)
+    print(table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
