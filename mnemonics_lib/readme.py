@@ -202,6 +202,34 @@ def margin_table(snapshot_records: Sequence[Any], long: Any) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(configs: Sequence[Any], records: Iterable[Any]) -> str:
+    """The sensitivity sweep as a grid: alpha (inner_lr) down, beta1 (outer_lr) across, each cell the
+    sweep criterion (AIA CNN of the cut runs) with its config hash, the best in bold; one grid per K."""
+    by_hash = {r.config["config_hash"]: r for r in records}
+    cells = {(c.mnemonics.inner_steps, c.mnemonics.inner_lr, c.mnemonics.outer_lr): c for c in configs}
+    got = {k: by_hash[c.config_hash()].metrics["aia_cnn"] for k, c in cells.items() if c.config_hash() in by_hash}
+    best = max(got.values(), default=None)
+    out = []
+    for k in sorted({key[0] for key in cells}):
+        alphas = sorted({a for kk, a, _ in cells if kk == k})
+        betas = sorted({b for kk, _, b in cells if kk == k})
+        out += [f"| K = {k}: alpha \\ beta1 | " + " | ".join(f"{b:g}" for b in betas) + " |",
+                "|---" * (len(betas) + 1) + "|"]
+        for a in alphas:
+            row = []
+            for b in betas:
+                c = cells.get((k, a, b))
+                if c is None:
+                    row.append("")
+                elif (k, a, b) not in got:
+                    row.append(f"not run ({c.config_hash()})")
+                else:
+                    v = f"{got[k, a, b]:.2f}"
+                    row.append(f"{'**' + v + '**' if got[k, a, b] == best else v} ({c.config_hash()})")
+            out.append(f"| {a:g} | " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (paired differences over n seeds
 # have n - 1); a table rather than scipy, which the environment does not pin.
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -319,6 +347,10 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     datasets = list(dict.fromkeys(c.dataset for c in comparisons))
     comparisons.sort(key=lambda c: (datasets.index(c.dataset), c.phases, c.reference != REFERENCE))
     blocks[f"mnemonics-vs-herding-{params['profile']}"] = comparison_table(comparisons, params["seeds"])
+
+    configs = study.notebook_configs("sweep_mnemonics", params)
+    recs = study.run_configs(configs, root, missing="skip", study=study.STUDY_SWEEPS)
+    blocks[f"sweep-{params['dataset']}-{params['profile']}"] = sweep_table(configs, recs)
 
     p = study.notebook_parameters("figure1_tsne", params)
     configs = study.snapshot_configs(p["dataset"], p["snapshot_method"], p["snapshot_exemplars"],

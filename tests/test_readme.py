@@ -118,6 +118,19 @@ def test_margin_table_sets_exemplar_against_real_margins_under_the_same_run():
         "| random | not run |  |  |  |  |  |"]
 
 
+def test_sweep_table_is_a_grid_with_the_best_cell_in_bold():
+    from mnemonics_lib import study
+
+    configs = study.sweep_configs("caltech100", [0.01, 0.1], [1.0, 100.0], [1], last_phase=1, memory_per_class=20)
+    recs = [SimpleNamespace(config={"config_hash": c.config_hash()}, metrics={"aia_cnn": v})
+            for c, v in zip(configs, (32.111, 32.349, 31.97))]  # the last config is not run
+    h = [c.config_hash() for c in configs]
+    assert readme.sweep_table(configs, recs).splitlines() == [
+        "| K = 1: alpha \\ beta1 | 1 | 100 |", "|---|---|---|",
+        f"| 0.01 | 32.11 ({h[0]}) | **32.35** ({h[1]}) |",
+        f"| 0.1 | 31.97 ({h[2]}) | not run ({h[3]}) |"]
+
+
 def test_device_label_names_each_device_a_resumed_run_used():
     xeon, h100 = "Intel(R) Xeon(R) Processor", "NVIDIA H100 80GB HBM3"
     assert readme.device_of({"device": xeon, "cpu_compile": True}) == "CPU compiled"
