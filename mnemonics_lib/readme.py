@@ -1,5 +1,5 @@
-"""The README's generated blocks (Table 1, the exemplar ablation, mnemonics vs herding, Fig. 1's
-margins, iCaRL's phase 0), seed by seed, read from the run ledger.
+"""The README's generated blocks (Table 1, the exemplar ablation, mnemonics vs herding, the
+sweep grid, Fig. 1's margins, the two diagnostics), seed by seed, read from the run ledger.
 
 The README shows every measured seed (not only mean ± std), the config hash and the device of
 each run, and the paired difference to LUCIR (herding). Typing those by hand went stale twice, so
@@ -19,7 +19,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from . import paper_numbers, study
+from . import paper_numbers, report, study
 from .study import SEEDS, as_list, spec_of
 
 BEGIN = "<!-- generated: {} -->"
@@ -128,11 +128,10 @@ def seed_table(records: Iterable[Any], phases: int, dataset: str, seeds: Sequenc
     return "\n".join(lines)
 
 
-METHOD_LABELS = {"lwf": "LwF", "icarl": "iCaRL (NME)", "bic": "BiC", "lucir": "LUCIR"}
-
-
-def _head_metric(method: str) -> str:
-    return "aia_nme" if method == "icarl" else "aia_cnn"  # iCaRL's own classifier is NME
+def _method_label(method: str) -> str:
+    """The paper's name of a method, with "(NME)" where its own classifier is NME (iCaRL)."""
+    nme = report.headline_head(method) == "nme"
+    return paper_numbers.METHOD_LABELS.get(method, method) + (" (NME)" if nme else "")
 
 
 def _exemplar_label(spec: str, method: str) -> str:
@@ -147,7 +146,7 @@ def ablation_table(records: Iterable[Any], phases: int, specs: Sequence[str],
     first. AIA of the method's own classifier (NME for iCaRL), and the difference to the same
     method with herding exemplars, paired by seed."""
     records = list(records)
-    method_of = {s: s.split("+")[0].split("_")[0] for s in specs}
+    method_of = {s: study.parse_spec(s)["method"] for s in specs}
     methods = list(dict.fromkeys(method_of.values()))
     ordered = [s for m in methods for s in sorted((s for s in specs if method_of[s] == m),
                                                   key=lambda s: (s != m, "+" in s))]
@@ -156,11 +155,11 @@ def ablation_table(records: Iterable[Any], phases: int, specs: Sequence[str],
     lines = [head, "|---|---|---|---|---|---|"]
     for spec in ordered:
         m = method_of[spec]
-        metric = _head_metric(m)
+        metric = f"aia_{report.headline_head(m)}"
         got = _by_seed(records, spec, phases, metric)
         cells, hashes, devices = _seed_cells(got, seeds)
         delta = "(reference)" if spec == m else _paired_delta(got, _by_seed(records, m, phases, metric), seeds)
-        lines.append(f"| {METHOD_LABELS.get(m, m)} | {_exemplar_label(spec, m)} | {cells} | {delta} | "
+        lines.append(f"| {_method_label(m)} | {_exemplar_label(spec, m)} | {cells} | {delta} | "
                      f"{hashes} | {devices} |")
     return "\n".join(lines)
 
@@ -325,7 +324,7 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     ``root``; a run not there reads "not run". Table 1 per dataset and N, the exemplar ablation,
     LUCIR w/ mnemonics against herding (and herding + CBF), Fig. 1's margins, iCaRL's phase 0, the
     mnemonics step size."""
-    from . import diagnostics, report
+    from . import diagnostics
 
     blocks: dict[str, str] = {}
     comparisons: list[Comparison] = []
@@ -353,9 +352,7 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     blocks[f"sweep-{params['dataset']}-{params['profile']}"] = sweep_table(configs, recs)
 
     p = study.notebook_parameters("figure1_tsne", params)
-    configs = study.snapshot_configs(p["dataset"], p["snapshot_method"], p["snapshot_exemplars"],
-                                     p["snapshot_phases"], p["snapshot_seed"], p["profile"], **study.common_fields(p))
-    snaps = study.snapshot_records(configs, root, missing="skip")
+    snaps = study.snapshot_records(study.notebook_configs("figure1_tsne", params), root, missing="skip")
     long = report.margin_table(snaps, dataset=p["dataset"], profile=p["profile"]).long
     blocks[f"margins-{p['dataset']}-{p['profile']}"] = margin_table(snaps, long)
 

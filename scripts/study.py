@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--compute-missing", action="store_true",
                    help="compute every missing run at the profile (= --missing compute; hours at quick)")
     f.set_defaults(func=cmd_figures)
-    m = sub.add_parser("readme", help="rewrite the README's generated blocks (Table 1, exemplar ablation) from results/")
+    m = sub.add_parser("readme", help="rewrite the README's generated blocks (readme.study_blocks) from results/")
     m.add_argument("--profile", default="quick")
     m.add_argument("--readme", default=str(ROOT / "README.md"), help="the file to rewrite")
     m.set_defaults(func=cmd_readme)
