@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .bench import BenchSizes, OursTrain, _model, _sync, bench_data
-from .pipeline import DeviceImages, Normaliser, tune_backends
+from .pipeline import DeviceImages, Normaliser, augment, tune_backends
 
 # the first kind whose key occurs in a kernel's (lower-cased) name wins; order matters
 # (cuDNN's batch-norm kernels carry "cudnn" too, so batch norm is looked for first)
@@ -104,7 +104,27 @@ def profile_variant(images: DeviceImages, norm: Normaliser, sizes: BenchSizes, n
         out["graphed_ms_per_step"] = (time.perf_counter() - t) / sizes.train_steps * 1e3
         # > 1: time between kernels (launch gaps, host work between replays) beyond the kernels
         out["graphed_over_kernels"] = out["graphed_ms_per_step"] / out["kernel_ms_per_step"]
+        # the same replayed step on one fixed batch: what the batch preparation outside the graph
+        # (index draw, gather, normalise, crop/flip, layout copy) adds is the difference
+        out["step_alone_ms_per_step"] = _step_alone_ms(graphed, sizes.train_steps)
+        out["batch_prep_share"] = 1.0 - out["step_alone_ms_per_step"] / out["graphed_ms_per_step"]
     return out
+
+
+def _step_alone_ms(train: OursTrain, steps: int) -> float:
+    """Milliseconds per step of ``train``'s step executor replayed on one prepared batch."""
+    idx = next(train._it)
+    x = augment(train.norm(train.images.x[idx]), train.gen, train.pad)
+    if train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = train.images.y[idx]
+    train.step(x, y)
+    _sync(train.device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        train.step(x, y)
+    _sync(train.device)
+    return (time.perf_counter() - t) / steps * 1e3
 
 
 def profile_training_step(device: torch.device | str, sizes: BenchSizes, amp: bool = True,
@@ -131,6 +151,8 @@ def format_profile(report: dict[str, Any]) -> str:
         head = f"{name}: {v['kernels_per_step']:.0f} kernels, {v['kernel_ms_per_step']:.3f} ms of kernels per step"
         if "graphed_ms_per_step" in v:
             head += f"; graphed step {v['graphed_ms_per_step']:.3f} ms ({v['graphed_over_kernels']:.2f}x the kernels)"
+            head += (f"; on one fixed batch {v['step_alone_ms_per_step']:.3f} ms"
+                     f" (batch preparation {100 * v['batch_prep_share']:.0f}% of the step)")
         lines.append(head)
         lines += [f"  {k:<16} {d['ms_per_step']:8.3f} ms  {100 * d['share']:5.1f}%" for k, d in v["by_kind"].items()]
         lines += [f"    {t['share'] * 100:5.1f}%  {t['calls_per_step']:5.1f}/step  {t['name'][:90]}" for t in v["top"][:8]]
