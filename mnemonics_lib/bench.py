@@ -4,8 +4,8 @@ Each comparison runs in one process and is *interleaved*: ours and the reference
 several repeats (the order rotates every repeat) and the median is reported, so drift from other
 processes, clocks or caches hits both sides alike. Stages:
 
-* training images/s, ResNet-32, batch 128: resident uint8 -> :class:`Normaliser` -> batched
-  :func:`augment` -> step (channels_last + bf16 autocast on CUDA), against a PIL
+* training images/s, ResNet-32, batch 128: resident uint8 -> :class:`Normaliser` -> crop/flip
+  prepared 32 batches at a time (:func:`pipeline.augmented_batches`, as the trainer) -> step (channels_last + bf16 autocast on CUDA), against a PIL
   ``Dataset`` + ``transforms.Compose`` + worker ``DataLoader`` feeding an fp32 step;
 * evaluation images/s (inference_mode, bf16 on CUDA vs DataLoader + PIL, fp32);
 * herding (vectorised vs the per-sample loop) and NME class means (batched vs per class);
@@ -39,7 +39,7 @@ from .backbones import build_net
 from .datasets import ArrayData, load_dataset, make_synthetic
 from .evaluation import batched, class_means
 from .memory import herding_reference, herding_selection
-from .pipeline import (DeviceImages, Normaliser, augment, batch_indices, make_generator,
+from .pipeline import (DeviceImages, Normaliser, augment, augmented_batches, make_generator,
                        preferred_memory_format, tune_backends)
 from .steps import TOTALS as GRAPH_TOTALS
 from .steps import EagerStep, GraphStep, compile_enabled, cuda_graphs_enabled, eager_step, make_step
@@ -209,19 +209,18 @@ class OursTrain:
         return "compiled backbone" if self.compiled else "eager"
 
     def _batches(self):
-        while True:  # reshuffled epochs, like consecutive epochs of the trainer
-            yield from batch_indices(len(self.images), self.batch, self.gen, self.device)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        while True:  # reshuffled epochs, prepared as the trainer prepares them
+            yield from augmented_batches(self.images.x, self.images.y, self.batch, self.gen, self.pad, layout,
+                                         transform=self.norm)
 
     def __call__(self, steps: int) -> int:
         self.model.train()
         n = 0
         for _ in range(steps):
-            idx = next(self._it)
-            x = augment(self.norm(self.images.x[idx]), self.gen, self.pad)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            self.step(x, self.images.y[idx])
-            n += len(idx)  # a host-side shape: no device synchronisation
+            x, y = next(self._it)
+            self.step(x, y)
+            n += len(y)  # a host-side shape: no device synchronisation
         return n
 
 

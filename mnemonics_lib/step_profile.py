@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .bench import BenchSizes, OursTrain, _model, _sync, bench_data
-from .pipeline import DeviceImages, Normaliser, augment, tune_backends
+from .pipeline import DeviceImages, Normaliser, tune_backends
 
 # the first kind whose key occurs in a kernel's (lower-cased) name wins; order matters
 # (cuDNN's batch-norm kernels carry "cudnn" too, so batch norm is looked for first)
@@ -113,11 +113,7 @@ def profile_variant(images: DeviceImages, norm: Normaliser, sizes: BenchSizes, n
 
 def _step_alone_ms(train: OursTrain, steps: int) -> float:
     """Milliseconds per step of ``train``'s step executor replayed on one prepared batch."""
-    idx = next(train._it)
-    x = augment(train.norm(train.images.x[idx]), train.gen, train.pad)
-    if train.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = train.images.y[idx]
+    x, y = next(train._it)
     train.step(x, y)
     _sync(train.device)
     t = time.perf_counter()

@@ -32,7 +32,7 @@ from .evaluation import evaluate_phase
 from .exemplars import exemplar_stage
 from .memory import ExemplarMemory
 from .methods import Method, PhaseContext, get_method
-from .pipeline import (DeviceImages, Normaliser, augment, batch_indices, make_generator,
+from .pipeline import (DeviceImages, Normaliser, augmented_batches, make_generator,
                        preferred_memory_format, tune_backends)
 from .results import leg_provenance
 from .steps import bf16_autocast, compiled_backbones, compile_enabled, make_step
@@ -117,9 +117,10 @@ def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, grou
                          compiled)
         for epoch in tqdm(range(epochs), desc=desc or f"phase {ctx.phase}", leave=False, disable=None):
             ctx.model.train()
-            for idx in batch_indices(len(ctx.train_y), s.batch_size, ctx.generator, ctx.device):
-                x = augment(ctx.train_x[idx], ctx.generator, pad).contiguous(memory_format=layout)
-                step(x, ctx.train_y[idx])
+            # batches prepared many at a time (pipeline.augmented_batches): the same values as
+            # augmenting each batch on its own, in fewer and larger kernels
+            for x, y in augmented_batches(ctx.train_x, ctx.train_y, s.batch_size, ctx.generator, pad, layout):
+                step(x, y)
             sched.step()
             if on_epoch_end is not None:
                 on_epoch_end(epoch)

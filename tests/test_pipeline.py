@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from mnemonics_lib.pipeline import (
-    DeviceImages, Normaliser, augment, batch_indices, folder_loader, make_generator)
+    DeviceImages, Normaliser, augment, augmented_batches, batch_indices, folder_loader, make_generator)
 
 MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
@@ -118,6 +118,27 @@ def test_batch_indices():
     again = list(batch_indices(10, 4, make_generator(0, "cpu"), "cpu"))
     assert all(torch.equal(a, b) for a, b in zip(batches, again))
     assert torch.cat(list(batch_indices(5, 2, None, "cpu", shuffle=False))).tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("chunk_images", [100, 300, 4096])  # under one batch, 2 batches, the epoch
+def test_batches_prepared_in_chunks_equal_batches_augmented_one_at_a_time(layout, chunk_images):
+    """The trainer's chunked preparation changes speed only: every batch, the generator's state
+    after each epoch, and so every run computed before it, stay bit-identical."""
+    x = torch.randint(0, 256, (1000, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    y = torch.arange(1000) % 10
+    norm = Normaliser.create([0.5, 0.4, 0.3], [0.2, 0.25, 0.3], "cpu")
+    g_one, g_chunk = make_generator(7, "cpu"), make_generator(7, "cpu")
+    for _ in range(2):  # two epochs: the second starts from the state the first left
+        one = [(augment(norm(x[i]), g_one, norm.pixel_range[0]).contiguous(memory_format=layout), y[i])
+               for i in batch_indices(1000, 128, g_one, "cpu")]
+        chunked = list(augmented_batches(x, y, 128, g_chunk, norm.pixel_range[0], layout, transform=norm,
+                                         chunk_images=chunk_images))
+        assert [len(b) for _, b in chunked] == [128] * 7 + [104]
+        for (xa, ya), (xb, yb) in zip(one, chunked, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+            assert xb.is_contiguous(memory_format=layout)
+        assert torch.equal(g_one.get_state(), g_chunk.get_state())
 
 
 @pytest.mark.filterwarnings("ignore:'pin_memory' argument")
