@@ -9,6 +9,8 @@
 #        paper-profile LUCIR run took 420 s beside five other processes on an H200);
 #      - PAPER_MNEMONICS=1: the paper-profile LUCIR w/ mnemonics N = 10 run, one process (its
 #        exemplar stage is not graphed: its log gives the per-phase time even when it cannot finish);
+#        PAPER_MNEMONICS_MATCH (default seed 1993) / PAPER_MNEMONICS_JOBS pick other seeds / processes;
+#        a run begun elsewhere resumes when its checkpoints/runs/<hash> folder is carried
 #        PAPER_RUNS=0 leaves the paper-profile runs above out;
 #      - quick-profile runs the notebooks need (QUICK_MATCH; default: all but cifar10, whose
 #        data cannot travel; mnemonics runs included: at quick, M = 10, their exemplar stage is
@@ -113,7 +115,8 @@ fi
 mn_pid=
 if [ "${PAPER_MNEMONICS:-0}" = 1 ]; then
   timeout "$(left)" $PY scripts/study.py results --results-dir "$RESULTS_DIR" --profile "$PAPER" --only table1 \
-      --match 'lucir_mnemonics-N10-s1993' --jobs 1 --threads "$THREADS" --device "$DEVICE" > "$LOGS/paper_mnemonics.log" 2>&1 &
+      --match "${PAPER_MNEMONICS_MATCH:-lucir_mnemonics-N10-s1993}" --jobs "${PAPER_MNEMONICS_JOBS:-1}" --threads "$THREADS" \
+      --device "$DEVICE" > "$LOGS/paper_mnemonics.log" 2>&1 &
   mn_pid=$!
 fi
 quick_runs "$QUICK_MATCH" "$JOBS" quick_runs.log
