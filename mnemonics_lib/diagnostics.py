@@ -14,10 +14,14 @@ block reads them).
 100, the largest value of its grid, and at quick the exemplars then stay within a few grey levels
 of their herding start. :func:`step_configs` repeats the sweep's run at its choice (same config,
 same hash: a reproducibility check) and extends it past the grid's edge; the runs record how far
-the pixels moved (``per_phase[].exemplar_change``).
+the pixels moved (``per_phase[].exemplar_change``). At the study's beta2 (10, the library
+default: the sweep did not vary it) the adjusted old exemplars move by under one grey level, so
+the grid also raises beta2 at the sweep's beta1: is the old-exemplar program a no-op by its step
+size alone?
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable, Sequence
 
 from .config import ConfigError, RunConfig, make_config
@@ -32,6 +36,9 @@ KNOBS = {"lr": ("lr_override", float), "epochs": ("epochs_override", int)}
 
 STEP_STUDY = "diagnostics/mnemonics_step"
 STEP_OUTER_LRS = (100.0, 1000.0)  # the sweep's choice, and ten times it (past its grid)
+STEP_OLD_LR = 10.0  # beta2 of every study run (MnemonicsSettings' default; never swept)
+# (beta1, beta2): the sweep's run, beta1 x10, then beta2 x10 and x100 at the sweep's beta1
+STEP_GRID = ((100.0, STEP_OLD_LR), (1000.0, STEP_OLD_LR), (100.0, 100.0), (100.0, 1000.0))
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -79,12 +86,20 @@ def phase0_table(variants: Sequence[str], configs: Sequence[RunConfig], records:
     return "\n".join(lines)
 
 
-def step_configs(outer_lrs: Iterable[float] = STEP_OUTER_LRS, inner_lr: float = 0.01, dataset: str = "caltech100",
-                 profile: str = "quick", seed: int = 1993, memory_per_class: int = 20) -> list[RunConfig]:
-    """The sweep's runs (LUCIR w/ mnemonics, N = 5, phases 0-1, K = 1) at each beta1 in ``outer_lrs``;
-    at the sweep's own values they are the sweep's configs (the same hashes)."""
-    return sweep_configs(dataset, [inner_lr], list(outer_lrs), [1], phases=5, seed=seed, profile=profile,
-                         last_phase=1, memory_per_class=memory_per_class)
+def step_configs(grid: Iterable[float | tuple[float, float]] = STEP_GRID, inner_lr: float = 0.01,
+                 dataset: str = "caltech100", profile: str = "quick", seed: int = 1993,
+                 memory_per_class: int = 20) -> list[RunConfig]:
+    """The sweep's run (LUCIR w/ mnemonics, N = 5, phases 0-1, K = 1) at each ``(beta1, beta2)`` of
+    ``grid`` (a bare number is a beta1 at the study's beta2); at the sweep's own values they are
+    the sweep's configs (the same hashes)."""
+    pairs = [(float(g), STEP_OLD_LR) if isinstance(g, (int, float)) else (float(g[0]), float(g[1])) for g in grid]
+    out = []
+    for beta1, beta2 in pairs:
+        (c,) = sweep_configs(dataset, [inner_lr], [beta1], [1], phases=5, seed=seed, profile=profile,
+                             last_phase=1, memory_per_class=memory_per_class)
+        out.append(c if beta2 == c.mnemonics.old_lr else
+                   dataclasses.replace(c, mnemonics=dataclasses.replace(c.mnemonics, old_lr=beta2)))
+    return out
 
 
 def step_table(configs: Sequence[RunConfig], records: Iterable[Any]) -> str:
@@ -93,11 +108,11 @@ def step_table(configs: Sequence[RunConfig], records: Iterable[Any]) -> str:
     from .readme import device_of
 
     by_hash = {r.config["config_hash"]: r for r in records}
-    lines = ["| beta1 | alpha | AIA CNN (phases 0-1) | phase-1 change, new exemplars: max / mean | "
-             "old exemplars: max / mean | config hash | device |", "|---|---|---|---|---|---|---|"]
+    lines = ["| beta1 | beta2 | alpha | AIA CNN (phases 0-1) | phase-1 change, new exemplars: max / mean | "
+             "old exemplars: max / mean | config hash | device |", "|---|---|---|---|---|---|---|---|"]
     for c in configs:
         r = by_hash.get(c.config_hash())
-        first = f"| {c.mnemonics.outer_lr:g} | {c.mnemonics.inner_lr:g} |"
+        first = f"| {c.mnemonics.outer_lr:g} | {c.mnemonics.old_lr:g} | {c.mnemonics.inner_lr:g} |"
         if r is None:
             lines.append(f"{first} not run |  |  | {c.config_hash()} |  |")
             continue

@@ -4,7 +4,9 @@ computes only what is missing). ``python scripts/study.py readme`` puts their ta
 
     python scripts/diagnose.py icarl --threads 1           # iCaRL's phase 0 under schedule variants
     python scripts/diagnose.py icarl --variant icarl:lr=2.0,epochs=70
-    python scripts/diagnose.py mnemonics-step --threads 1  # the sweep's run at beta1 100 and 1000
+    python scripts/diagnose.py mnemonics-step --threads 1  # the sweep's run at beta1 100 and 1000,
+                                                           # and at beta2 100 and 1000
+    python scripts/diagnose.py mnemonics-step --old-lr 100  # one (beta1 100, beta2 100) run
 """
 from __future__ import annotations
 
@@ -26,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"icarl: method[:lr=..,epochs=..], repeatable (default: "
                          f"{', '.join(diagnostics.DEFAULT_VARIANTS)})")
     ap.add_argument("--outer-lr", type=float, action="append",
-                    help=f"mnemonics-step: beta1, repeatable (default: {diagnostics.STEP_OUTER_LRS})")
+                    help="mnemonics-step: beta1, repeatable (default: the grid below)")
+    ap.add_argument("--old-lr", type=float, action="append",
+                    help=f"mnemonics-step: beta2, repeatable; with --outer-lr every pair, alone at beta1 "
+                         f"{diagnostics.STEP_OUTER_LRS[0]:g} (default (beta1, beta2) grid: {diagnostics.STEP_GRID})")
     ap.add_argument("--dataset", default="caltech100")
     ap.add_argument("--profile", default="quick", help="the schedule the runs start from")
     ap.add_argument("--seed", type=int, default=1993, help="class-order and training seed")
@@ -49,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             study, checkpoints = diagnostics.STUDY, False  # one short phase each
             table = lambda recs: diagnostics.phase0_table(variants, configs, recs)  # noqa: E731
         else:
-            configs = diagnostics.step_configs(args.outer_lr or diagnostics.STEP_OUTER_LRS, dataset=args.dataset,
-                                               profile=args.profile, seed=args.seed)
+            if args.old_lr:
+                grid = [(b1, b2) for b1 in args.outer_lr or diagnostics.STEP_OUTER_LRS[:1] for b2 in args.old_lr]
+            else:
+                grid = args.outer_lr or diagnostics.STEP_GRID
+            configs = diagnostics.step_configs(grid, dataset=args.dataset, profile=args.profile, seed=args.seed)
             study, checkpoints = diagnostics.STEP_STUDY, True  # two phases with exemplar stages: resumable
             table = lambda recs: diagnostics.step_table(configs, recs)  # noqa: E731
     except ConfigError as e:
