@@ -17,7 +17,9 @@ same hash: a reproducibility check) and extends it past the grid's edge; the run
 the pixels moved (``per_phase[].exemplar_change``). At the study's beta2 (10, the library
 default: the sweep did not vary it) the adjusted old exemplars move by under one grey level, so
 the grid also raises beta2 at the sweep's beta1: is the old-exemplar program a no-op by its step
-size alone?
+size alone? A run cut after phase 1 sees phase 1's adjustment only through that phase's
+class-balanced fine-tuning (the head) and NME means; the network first trains on the adjusted
+exemplars in phase 2, so the grid's last two runs go one phase further (beta2 10 and 1000).
 """
 from __future__ import annotations
 
@@ -37,8 +39,10 @@ KNOBS = {"lr": ("lr_override", float), "epochs": ("epochs_override", int)}
 STEP_STUDY = "diagnostics/mnemonics_step"
 STEP_OUTER_LRS = (100.0, 1000.0)  # the sweep's choice, and ten times it (past its grid)
 STEP_OLD_LR = 10.0  # beta2 of every study run (MnemonicsSettings' default; never swept)
-# (beta1, beta2): the sweep's run, beta1 x10, then beta2 x10 and x100 at the sweep's beta1
-STEP_GRID = ((100.0, STEP_OLD_LR), (1000.0, STEP_OLD_LR), (100.0, 100.0), (100.0, 1000.0))
+# (beta1, beta2[, last phase]): the sweep's run, beta1 x10, then beta2 x10 and x100 at the sweep's
+# beta1 (phases 0-1), and beta2 10 vs 1000 through phase 2 (default last phase: 1, the sweep's)
+STEP_GRID = ((100.0, STEP_OLD_LR), (1000.0, STEP_OLD_LR), (100.0, 100.0), (100.0, 1000.0),
+             (100.0, STEP_OLD_LR, 2), (100.0, 1000.0, 2))
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -86,33 +90,35 @@ def phase0_table(variants: Sequence[str], configs: Sequence[RunConfig], records:
     return "\n".join(lines)
 
 
-def step_configs(grid: Iterable[float | tuple[float, float]] = STEP_GRID, inner_lr: float = 0.01,
+def step_configs(grid: Iterable[float | tuple[float, ...]] = STEP_GRID, inner_lr: float = 0.01,
                  dataset: str = "caltech100", profile: str = "quick", seed: int = 1993,
                  memory_per_class: int = 20) -> list[RunConfig]:
-    """The sweep's run (LUCIR w/ mnemonics, N = 5, phases 0-1, K = 1) at each ``(beta1, beta2)`` of
-    ``grid`` (a bare number is a beta1 at the study's beta2); at the sweep's own values they are
-    the sweep's configs (the same hashes)."""
-    pairs = [(float(g), STEP_OLD_LR) if isinstance(g, (int, float)) else (float(g[0]), float(g[1])) for g in grid]
+    """The sweep's run (LUCIR w/ mnemonics, N = 5, K = 1, cut after phase 1 unless a third value
+    says otherwise) at each ``(beta1, beta2[, last_phase])`` of ``grid`` (a bare number is a beta1
+    at the study's beta2); at the sweep's own values they are the sweep's configs (the same hashes)."""
     out = []
-    for beta1, beta2 in pairs:
+    for g in grid:
+        beta1, beta2, last = (float(g), STEP_OLD_LR, 1) if isinstance(g, (int, float)) else (
+            float(g[0]), float(g[1]), int(g[2]) if len(g) > 2 else 1)
         (c,) = sweep_configs(dataset, [inner_lr], [beta1], [1], phases=5, seed=seed, profile=profile,
-                             last_phase=1, memory_per_class=memory_per_class)
+                             last_phase=last, memory_per_class=memory_per_class)
         out.append(c if beta2 == c.mnemonics.old_lr else
                    dataclasses.replace(c, mnemonics=dataclasses.replace(c.mnemonics, old_lr=beta2)))
     return out
 
 
 def step_table(configs: Sequence[RunConfig], records: Iterable[Any]) -> str:
-    """Markdown: per beta1 the AIA (phases 0-1) and how far the pixels moved in phase 1 (new-class
+    """Markdown: per (beta1, beta2, phases) the AIA and how far the pixels moved in phase 1 (new-class
     exemplars and adjusted old ones: max / mean change in grey levels)."""
     from .readme import device_of
 
     by_hash = {r.config["config_hash"]: r for r in records}
-    lines = ["| beta1 | beta2 | alpha | AIA CNN (phases 0-1) | phase-1 change, new exemplars: max / mean | "
-             "old exemplars: max / mean | config hash | device |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| beta1 | beta2 | alpha | phases | AIA CNN | phase-1 change, new exemplars: max / mean | "
+             "old exemplars: max / mean | config hash | device |", "|---|---|---|---|---|---|---|---|---|"]
     for c in configs:
         r = by_hash.get(c.config_hash())
-        first = f"| {c.mnemonics.outer_lr:g} | {c.mnemonics.old_lr:g} | {c.mnemonics.inner_lr:g} |"
+        first = (f"| {c.mnemonics.outer_lr:g} | {c.mnemonics.old_lr:g} | {c.mnemonics.inner_lr:g} | "
+                 f"0-{c.last_phase} |")
         if r is None:
             lines.append(f"{first} not run |  |  | {c.config_hash()} |  |")
             continue

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--old-lr", type=float, action="append",
                     help=f"mnemonics-step: beta2, repeatable; with --outer-lr every pair, alone at beta1 "
                          f"{diagnostics.STEP_OUTER_LRS[0]:g} (default (beta1, beta2) grid: {diagnostics.STEP_GRID})")
+    ap.add_argument("--last-phase", type=int, default=1,
+                    help="mnemonics-step with --outer-lr / --old-lr: the phase each run ends after (default 1)")
     ap.add_argument("--dataset", default="caltech100")
     ap.add_argument("--profile", default="quick", help="the schedule the runs start from")
     ap.add_argument("--seed", type=int, default=1993, help="class-order and training seed")
@@ -54,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
             study, checkpoints = diagnostics.STUDY, False  # one short phase each
             table = lambda recs: diagnostics.phase0_table(variants, configs, recs)  # noqa: E731
         else:
-            if args.old_lr:
-                grid = [(b1, b2) for b1 in args.outer_lr or diagnostics.STEP_OUTER_LRS[:1] for b2 in args.old_lr]
+            if args.old_lr or args.outer_lr:
+                grid = [(b1, b2, args.last_phase) for b1 in args.outer_lr or diagnostics.STEP_OUTER_LRS[:1]
+                        for b2 in args.old_lr or [diagnostics.STEP_OLD_LR]]
             else:
-                grid = args.outer_lr or diagnostics.STEP_GRID
+                grid = diagnostics.STEP_GRID
             configs = diagnostics.step_configs(grid, dataset=args.dataset, profile=args.profile, seed=args.seed)
             study, checkpoints = diagnostics.STEP_STUDY, True  # two phases with exemplar stages: resumable
             table = lambda recs: diagnostics.step_table(configs, recs)  # noqa: E731

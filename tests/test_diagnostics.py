@@ -82,17 +82,20 @@ def test_step_table_is_exact():
     rec = SimpleNamespace(config={"config_hash": configs[0].config_hash()},
                           metrics={"aia_cnn": 32.3481, "per_phase": per_phase}, env={"device": "NVIDIA H200"})
     assert diagnostics.step_table(configs, [rec]).splitlines()[2:] == [
-        f"| 100 | 10 | 0.01 | 32.35 | 4.2 / 0.031 | not recorded | {configs[0].config_hash()} | H200 |",
-        f"| 1000 | 10 | 0.01 | not run |  |  | {configs[1].config_hash()} |  |"]
+        f"| 100 | 10 | 0.01 | 0-1 | 32.35 | 4.2 / 0.031 | not recorded | {configs[0].config_hash()} | H200 |",
+        f"| 1000 | 10 | 0.01 | 0-1 | not run |  |  | {configs[1].config_hash()} |  |"]
 
 
 def test_step_grid_raises_beta2_without_touching_the_existing_runs():
     grid = diagnostics.step_configs()
-    assert [(c.mnemonics.outer_lr, c.mnemonics.old_lr) for c in grid] == list(diagnostics.STEP_GRID)
+    assert [(c.mnemonics.outer_lr, c.mnemonics.old_lr, c.last_phase) for c in grid] == [
+        (100.0, 10.0, 1), (1000.0, 10.0, 1), (100.0, 100.0, 1), (100.0, 1000.0, 1), (100.0, 10.0, 2),
+        (100.0, 1000.0, 2)]
     plain = diagnostics.step_configs([100.0, 1000.0])
     # the beta2 = 10 runs keep the hashes they were computed under (the sweep's run among them)
     assert [c.config_hash() for c in grid[:2]] == [c.config_hash() for c in plain]
-    assert len({c.config_hash() for c in grid}) == 4
+    assert grid[0].config_hash() == "eca41fec5187" and grid[3].config_hash() == "49e46cacdca2"
+    assert len({c.config_hash() for c in grid}) == 6
     assert all(c.mnemonics.outer_lr == 100.0 and c.mnemonics.inner_lr == 0.01 for c in grid[2:])
 
 
@@ -101,9 +104,9 @@ def test_mnemonics_step_runs_record_the_pixel_change(tmp_path, capsys):
             "--results-dir", str(tmp_path), "--outer-lr", "10", "--outer-lr", "1000"]
     assert _script().main(argv) == 0
     rows = capsys.readouterr().out.splitlines()[-2:]
-    assert rows[0].startswith("| 10 | 10 | 0.01 | ") and rows[1].startswith("| 1000 | 10 | 0.01 | ")
+    assert rows[0].startswith("| 10 | 10 | 0.01 | 0-1 | ") and rows[1].startswith("| 1000 | 10 | 0.01 | 0-1 | ")
     # the change is recorded for both programs in phase 1, and a 100x step moves the pixels further
-    moved = [float(r.split(" | ")[4].split(" / ")[1]) for r in rows]
+    moved = [float(r.split(" | ")[5].split(" / ")[1]) for r in rows]
     assert all("not recorded" not in r for r in rows) and moved[1] > moved[0] > 0
 
 
@@ -112,8 +115,8 @@ def test_a_larger_beta2_moves_the_old_exemplars_further(tmp_path, capsys):
             "--results-dir", str(tmp_path), "--outer-lr", "10", "--old-lr", "10", "--old-lr", "1000"]
     assert _script().main(argv) == 0
     rows = capsys.readouterr().out.splitlines()[-2:]
-    assert rows[0].startswith("| 10 | 10 | 0.01 | ") and rows[1].startswith("| 10 | 1000 | 0.01 | ")
-    old_moved = [float(r.split(" | ")[5].split(" / ")[1]) for r in rows]
-    new_moved = [float(r.split(" | ")[4].split(" / ")[1]) for r in rows]
+    assert rows[0].startswith("| 10 | 10 | 0.01 | 0-1 | ") and rows[1].startswith("| 10 | 1000 | 0.01 | 0-1 | ")
+    old_moved = [float(r.split(" | ")[6].split(" / ")[1]) for r in rows]
+    new_moved = [float(r.split(" | ")[5].split(" / ")[1]) for r in rows]
     assert old_moved[1] > old_moved[0] > 0
     assert new_moved[0] == new_moved[1]  # beta2 leaves the new-class program alone
