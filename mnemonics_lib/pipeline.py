@@ -119,21 +119,17 @@ def augmented_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generat
     offsets and flips in batch order; nothing else draws from it while an epoch trains) and the
     rest is data movement. ``transform`` (e.g. a :class:`Normaliser`) maps gathered images to the
     network's input; the batches are views into the chunk (contiguous in ``memory_format``)."""
-    n = len(y)
-    device = x.device
-    order = torch.randperm(n, generator=generator, device=device)  # as batch_indices draws it
-    chunk_images = default_prep_chunk(device, batch_size) if chunk_images is None else chunk_images
-    per_chunk = max(1, chunk_images // batch_size) * batch_size
-    for start in range(0, n, per_chunk):
-        end = min(n, start + per_chunk)
-        sizes = [min(batch_size, end - s) for s in range(start, end, batch_size)]
-        draws = [draw_augment(k, generator, device) for k in sizes]
-        idx = order[start:end]
+    chunk_images = default_prep_chunk(x.device, batch_size) if chunk_images is None else chunk_images
+    per_chunk = max(1, chunk_images // batch_size) * batch_size  # whole batches, so batches match
+    # the chunks are batch_indices' batches of per_chunk: one permutation, drawn before any crop
+    for idx in batch_indices(len(y), per_chunk, generator, x.device):
+        starts = range(0, len(idx), batch_size)
+        draws = [draw_augment(min(batch_size, len(idx) - s), generator, x.device) for s in starts]
         xs = x[idx] if transform is None else transform(x[idx])
         xs = apply_augment(xs, torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws]), pad_value)
         xs = xs.contiguous(memory_format=memory_format)
         ys = y[idx]
-        for s in range(0, end - start, batch_size):
+        for s in starts:
             yield xs[s:s + batch_size], ys[s:s + batch_size]
 
 

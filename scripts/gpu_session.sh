@@ -10,7 +10,7 @@
 #      - PAPER_MNEMONICS=1: the paper-profile LUCIR w/ mnemonics N = 10 run, one process (its
 #        exemplar stage is not graphed: its log gives the per-phase time even when it cannot finish);
 #        PAPER_MNEMONICS_MATCH (default seed 1993) / PAPER_MNEMONICS_JOBS pick other seeds / processes;
-#        a run begun elsewhere resumes when its checkpoints/runs/<hash> folder is carried
+#        a run begun elsewhere resumes when its checkpoints/runs/<hash> folder is carried;
 #        PAPER_RUNS=0 leaves the paper-profile runs above out;
 #      - quick-profile runs the notebooks need (QUICK_MATCH; default: all but cifar10, whose
 #        data cannot travel; mnemonics runs included: at quick, M = 10, their exemplar stage is
