@@ -341,10 +341,13 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
         specs = list(dict.fromkeys(spec_of(c) for c in configs))
         blocks.update(ablation_blocks(recs, p["dataset"], p["profile"], p["ablation_phases"], specs, p["seeds"]))
         if {"lucir_mnemonics", CBF_CONTROL} <= set(specs):
-            comparisons += [Comparison(p["dataset"], int(n), "lucir_mnemonics", CBF_CONTROL, recs)
-                            for n in as_list(p["ablation_phases"])]
+            control_n = dict.fromkeys(as_list(p["ablation_phases"]) + as_list(p["cbf_control_phases"]))
+            for n in control_n:  # mnemonics against the control, and the control's own cost (CBF alone)
+                comparisons += [Comparison(p["dataset"], int(n), "lucir_mnemonics", CBF_CONTROL, recs),
+                                Comparison(p["dataset"], int(n), CBF_CONTROL, REFERENCE, recs)]
     datasets = list(dict.fromkeys(c.dataset for c in comparisons))
-    comparisons.sort(key=lambda c: (datasets.index(c.dataset), c.phases, c.reference != REFERENCE))
+    order = [("lucir_mnemonics", REFERENCE), ("lucir_mnemonics", CBF_CONTROL), (CBF_CONTROL, REFERENCE)]
+    comparisons.sort(key=lambda c: (datasets.index(c.dataset), c.phases, order.index((c.spec, c.reference))))
     blocks[f"mnemonics-vs-herding-{params['profile']}"] = comparison_table(comparisons, params["seeds"])
 
     configs = study.notebook_configs("sweep_mnemonics", params)

@@ -39,6 +39,9 @@ ABLATION_METHODS = ("lucir", "icarl", "lwf", "bic")
 # fine-tuning that is on by default only for mnemonics.
 ABLATION_EXTRAS = ("lucir_mnemonics+no_adjust_old", "lucir_mnemonics+weight_transfer",
                    "lucir_herding+balanced_finetune")
+# The like-for-like control at the Table-1 N outside the ablation: LUCIR with herding, with mnemonics
+# (both Table 1 runs) and with herding + class-balanced fine-tuning (the one run each N adds).
+CBF_CONTROL_SPECS = ("lucir", "lucir_mnemonics", "lucir_herding+balanced_finetune")
 FORGETTING_METHODS = ("lucir", "lucir_authors_code", "lucir_mnemonics")
 SNAPSHOT_EXEMPLARS = ("random", "herding", "mnemonics")
 
@@ -174,6 +177,23 @@ def ablation_configs(dataset: str, phases: Any, seeds: Any, profile: str = "quic
     return _dedup(grid_configs(specs + as_list(extras), dataset, phases, seeds, profile, **common))
 
 
+def cbf_control_configs(dataset: str, phases: Any, seeds: Any, profile: str = "quick",
+                        **common: Any) -> list[RunConfig]:
+    """LUCIR with herding, with mnemonics and with herding + class-balanced fine-tuning (CBF) at
+    every N of ``phases``: mnemonics runs include CBF by default, so herding + CBF is what isolates
+    the exemplars' effect at each N, not only at the ablation's N."""
+    return grid_configs(CBF_CONTROL_SPECS, dataset, phases, seeds, profile, **common)
+
+
+def ablation_with_controls(dataset: str, phases: Any, seeds: Any, profile: str, methods: Any, exemplars: Any,
+                           extras: Any, cbf_control_phases: Any, **common: Any) -> list[RunConfig]:
+    """The ablation notebook's runs: :func:`ablation_configs` at ``phases``, then
+    :func:`cbf_control_configs` at each N of ``cbf_control_phases`` not among them."""
+    control_n = [n for n in as_list(cbf_control_phases) if n not in as_list(phases)]
+    return _dedup(ablation_configs(dataset, phases, seeds, profile, methods, exemplars, extras, **common)
+                  + cbf_control_configs(dataset, control_n, seeds, profile, **common))
+
+
 def forgetting_configs(dataset: str, phases: Any, seeds: Any, methods: Any = FORGETTING_METHODS,
                        profile: str = "quick", **common: Any) -> list[RunConfig]:
     """The runs compared with the authors' README (AIA and forgetting, CNN and NME heads)."""
@@ -244,7 +264,7 @@ NOTEBOOK_DEFAULTS: dict[str, dict[str, Any]] = {
     "forgetting": {**_COMMON, **_PHASES_SEEDS, "forgetting_methods": list(FORGETTING_METHODS)},
     "ablation_exemplars": {**_COMMON, "seeds": list(SEEDS), "ablation_phases": [5],
                            "ablation_methods": list(ABLATION_METHODS), "ablation_exemplars": list(EXEMPLARS),
-                           "ablation_extras": list(ABLATION_EXTRAS)},
+                           "ablation_extras": list(ABLATION_EXTRAS), "cbf_control_phases": [10, 25]},
     "sweep_mnemonics": {**_COMMON, "sweep_inner_lr": [0.01, 0.1], "sweep_outer_lr": [1.0, 10.0, 100.0],
                         "sweep_inner_steps": [1], "sweep_phases": 5, "sweep_seed": 1993,
                         "sweep_last_phase": 1},  # = params/quick.yaml, the committed sweep
@@ -414,8 +434,9 @@ def notebook_configs(notebook: str, params: Mapping[str, Any]) -> list[RunConfig
     if notebook == "forgetting":
         return forgetting_configs(ds, p["phases"], p["seeds"], p["forgetting_methods"], prof, **common_fields(p))
     if notebook == "ablation_exemplars":
-        return ablation_configs(ds, p["ablation_phases"], p["seeds"], prof, p["ablation_methods"],
-                                p["ablation_exemplars"], p["ablation_extras"], **common_fields(p))
+        return ablation_with_controls(ds, p["ablation_phases"], p["seeds"], prof, p["ablation_methods"],
+                                      p["ablation_exemplars"], p["ablation_extras"], p["cbf_control_phases"],
+                                      **common_fields(p))
     if notebook == "sweep_mnemonics":
         return sweep_configs(ds, p["sweep_inner_lr"], p["sweep_outer_lr"], p["sweep_inner_steps"],
                              p["sweep_phases"], p["sweep_seed"], prof,

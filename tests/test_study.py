@@ -85,6 +85,22 @@ def test_ablation_configs_cover_exemplar_types_and_deconfounders():
     assert bal.exemplars == "herding" and bal.use_balanced_finetune
 
 
+def test_cbf_control_adds_only_herding_plus_cbf_beside_table1_runs():
+    p = params("quick")
+    table1 = {c.config_hash() for c in study.notebook_configs("table1", p)}
+    abl = study.notebook_configs("ablation_exemplars", p)
+    control = [c for c in abl if c.phases != 5]
+    assert len(abl) == 57 + 18 and len({c.config_hash() for c in abl}) == 75
+    assert Counter((c.phases, study.spec_of(c)) for c in control) == {
+        (n, s): 3 for n in (10, 25) for s in ("lucir", "lucir_mnemonics", "lucir+balanced_finetune")}
+    new = [c for c in control if c.config_hash() not in table1]
+    assert {study.spec_of(c) for c in new} == {"lucir+balanced_finetune"} and len(new) == 6
+    # a control N that is also an ablation N adds nothing: the ablation already has the control there
+    same = study.ablation_with_controls("caltech100", [5], study.SEEDS, "quick", ["lucir"], ["herding"],
+                                        ["lucir_herding+balanced_finetune", "lucir_mnemonics"], [5])
+    assert len(same) == 9 and {c.phases for c in same} == {5}
+
+
 def test_sweep_configs_grid():
     cs = study.sweep_configs("caltech100", [0.001, 0.01, 0.1], [0.001, 0.01, 0.1], [1, 3])
     assert len({c.config_hash() for c in cs}) == 18
@@ -114,10 +130,10 @@ def _group(t: study.Task) -> int:
 
 def test_all_configs_quick_counts_and_priority_order():
     tasks = study.all_configs(params("quick"))
-    assert len(tasks) == len({t.key for t in tasks}) == 120
+    assert len(tasks) == len({t.key for t in tasks}) == 126
     by = Counter(t.artifacts[0] for t in tasks)
     # the quick sweep: alpha {0.01, 0.1} x beta1 {1, 10, 100} at K = 1, each run cut after phase 1
-    assert by == {"table1": 45, "ablation_exemplars": 42, "sweep_mnemonics": 6, "table1[cifar10]": 15,
+    assert by == {"table1": 45, "ablation_exemplars": 48, "sweep_mnemonics": 6, "table1[cifar10]": 15,
                   "ablation_exemplars[cifar10]": 3, "figure1_tsne": 3, "forgetting": 6}
     groups = [_group(t) for t in tasks]
     assert groups == sorted(groups), "tasks are not in priority order"
