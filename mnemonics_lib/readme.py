@@ -1,5 +1,6 @@
 """The README's generated blocks (Table 1, the exemplar ablation, mnemonics vs herding, the
-sweep grid, Fig. 1's margins, the two diagnostics), seed by seed, read from the run ledger.
+sweep grid, Fig. 1's margins, the two diagnostics), seed by seed, read from the run ledger, and
+the speed tables (:mod:`bench_readme`, from ``results/bench/``).
 
 The README shows every measured seed (not only mean ± std), the config hash and the device of
 each run, and the paired difference to LUCIR (herding). Typing those by hand went stale twice, so
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import paper_numbers, report, study
@@ -324,7 +326,7 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     ``root``; a run not there reads "not run". Table 1 per dataset and N, the exemplar ablation,
     LUCIR w/ mnemonics against herding (and herding + CBF), Fig. 1's margins, iCaRL's phase 0, the
     mnemonics step size."""
-    from . import diagnostics
+    from . import bench_readme, diagnostics
 
     blocks: dict[str, str] = {}
     comparisons: list[Comparison] = []
@@ -368,4 +370,5 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
                                        memory_per_class=int(params["memory_per_class"]))
     recs = study.run_configs(configs, root, missing="skip", study=diagnostics.STEP_STUDY)
     blocks[f"mnemonics-step-{params['dataset']}-{params['profile']}"] = diagnostics.step_table(configs, recs)
+    blocks.update(bench_readme.speed_blocks(Path(root) / "bench"))  # the same for every profile
     return blocks
