@@ -61,7 +61,9 @@ def test_head_growth_keeps_old_weights_and_logits(head_cls):
     assert torch.equal(head.weight()[8:], init)
     logits = head(f).detach()
     assert logits.shape == (33, 10)
-    assert torch.equal(logits[:, :5], logits_old)
+    # the weights are kept bit for bit (above); the logits go through a matmul of another width,
+    # whose BLAS kernel may sum in another order: equal up to float rounding, not bit for bit
+    torch.testing.assert_close(logits[:, :5], logits_old, rtol=0, atol=1e-6)
 
 
 def test_net_growth_keeps_old_logits():
