@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= quick
 JOBS ?= 1
+# SET="dataset=cifar100 seeds=[1993]": parameters overriding params/$(PROFILE).yaml (results, figures)
+SET ?=
+SETS := $(foreach s,$(SET),--set '$(s)')
 
 .PHONY: setup test figures results lab bench gpu-check clean
 
@@ -23,11 +26,11 @@ test: setup
 	$(PY) -m pytest -q
 
 figures: setup
-	$(PY) scripts/study.py figures --profile $(PROFILE)
-	$(PY) scripts/study.py readme --profile $(PROFILE)
+	$(PY) scripts/study.py figures --profile $(PROFILE) $(SETS)
+	$(PY) scripts/study.py readme --profile $(PROFILE) $(SETS)
 
 results: setup
-	$(PY) scripts/study.py results --profile $(PROFILE) --jobs $(JOBS)
+	$(PY) scripts/study.py results --profile $(PROFILE) --jobs $(JOBS) $(SETS)
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -5,6 +5,7 @@
     python scripts/study.py results --profile quick --only table1,figure4_curves --dry-run
     python scripts/study.py figures --profile quick
     python scripts/study.py readme --profile quick
+    python scripts/study.py results --profile paper --set dataset=cifar100   # a parameter overridden
 
 ``results`` reads ``params/<profile>.yaml``, enumerates every run of every notebook in priority
 order (``mnemonics_lib.study.all_configs``) and computes the missing ones (resumable: finished runs
@@ -29,7 +30,26 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 BUILD_DIR = ROOT / "build" / "notebooks"
 
 
-def load_params(profile: str) -> dict:
+def parse_overrides(items: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` items as a dict; VALUE is read as YAML (``seeds=[1993]``, ``dataset=cifar100``),
+    KEY must be a notebook parameter. So a user changes a profile without editing the committed file."""
+    import yaml
+
+    from mnemonics_lib import study
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            sys.exit(f"--set {item!r}: expected KEY=VALUE, e.g. --set dataset=cifar100")
+        if key not in study.ALL_PARAMETERS:
+            sys.exit(f"--set {item!r}: unknown parameter {key!r}; known: {sorted(study.ALL_PARAMETERS)}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def load_params(profile: str, overrides: list[str] | None = None) -> dict:
     import yaml
 
     path = ROOT / "params" / f"{profile}.yaml"
@@ -42,7 +62,7 @@ def load_params(profile: str) -> dict:
     bad = sorted(set(params) - study.ALL_PARAMETERS - study.STUDY_KEYS)
     if bad:
         sys.exit(f"{path}: unknown keys {bad}; known: {sorted(study.ALL_PARAMETERS | study.STUDY_KEYS)}")
-    return params
+    return {**params, **parse_overrides(overrides)}
 
 
 def notebook_path(value: str) -> Path:
@@ -72,7 +92,7 @@ def _selected(params: dict, args: argparse.Namespace) -> list:
 def cmd_results(args: argparse.Namespace) -> int:
     from mnemonics_lib import study
 
-    params = load_params(args.profile)
+    params = load_params(args.profile, args.set)
     if args.results_dir:
         default_root = notebook_path(params.get("results_dir", "../results"))
         params["results_dir"] = str(Path(args.results_dir).resolve())
@@ -126,7 +146,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
     from mnemonics_lib import study
 
-    params = load_params(args.profile)
+    params = load_params(args.profile, args.set)
     if args.device:
         params["device"] = args.device
     params["missing"] = "compute" if args.compute_missing else (args.missing or params.get("missing", "skip"))
@@ -181,7 +201,7 @@ def cmd_readme(args: argparse.Namespace) -> int:
     from mnemonics_lib import readme
     from mnemonics_lib.atomic import write_text_atomic
 
-    params = load_params(args.profile)
+    params = load_params(args.profile, args.set)
     root = notebook_path(params.get("results_dir", "../results"))
     blocks = readme.study_blocks(params, root)
     path = Path(args.readme)
@@ -232,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--profile", default="quick")
     m.add_argument("--readme", default=str(ROOT / "README.md"), help="the file to rewrite")
     m.set_defaults(func=cmd_readme)
+    for p in (r, f, m):
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a parameter of the params file (repeatable; VALUE is YAML), "
+                            "e.g. --set dataset=cifar100 --set 'seeds=[1993]'")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return args.func(args)

@@ -566,3 +566,26 @@ def test_an_interrupted_snapshot_run_resumes_with_the_phases_it_had_recorded(tmp
     assert [s["phase"] for s in resumed["snapshots"]] == [1, 2]
     assert json.dumps(resumed["snapshots"]) == json.dumps(straight["snapshots"])
     assert [leg["first_phase"] for leg in resumed["legs"]] == [0, 2]
+
+
+def test_set_overrides_a_profile_parameter_and_refuses_unknown_ones():
+    """`study.py results --set KEY=VALUE` changes the profile's parameters without editing the
+    committed params file (VALUE read as YAML); a misspelt key fails, listing the known ones."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    base = [sys.executable, str(root / "scripts" / "study.py"), "results", "--profile", "paper", "--dry-run",
+            "--only", "table1", "--first", "2"]
+    out = subprocess.run(base + ["--set", "dataset=cifar100", "--set", "seeds=[1994]"],
+                         capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    expected = [study.Task(c).describe().split(" (")[0] for c in
+                study.table1_configs("cifar100", [10], [1994], ["lucir", "lucir_mnemonics"], "paper",
+                                     **study.common_fields({**params("paper"), "results_dir": "../results"}))]
+    listed = [line.split("missing  ")[1].split(" (")[0] for line in out.stdout.splitlines() if "missing  " in line]
+    assert listed == expected and all("cifar100" in x and "-s1994-" in x for x in listed)
+    bad = subprocess.run(base + ["--set", "datset=cifar100"], capture_output=True, text=True, cwd=root)
+    assert bad.returncode != 0 and "unknown parameter 'datset'" in bad.stderr and "'dataset'" in bad.stderr
+    bad = subprocess.run(base + ["--set", "dataset"], capture_output=True, text=True, cwd=root)
+    assert bad.returncode != 0 and "expected KEY=VALUE" in bad.stderr
