@@ -8,7 +8,8 @@
 #        default: every method but the mnemonics ones), PAPER_JOBS processes (default 1: one
 #        paper-profile LUCIR run took 420 s beside five other processes on an H200);
 #      - PAPER_MNEMONICS=1: the paper-profile LUCIR w/ mnemonics N = 10 run, one process (its
-#        exemplar stage is not graphed: its log gives the per-phase time even when it cannot finish);
+#        exemplar stage costs ~18 training steps per hypergradient even graphed: its log gives the
+#        per-phase time even when it cannot finish);
 #        PAPER_MNEMONICS_MATCH (default seed 1993) / PAPER_MNEMONICS_JOBS pick other seeds / processes;
 #        a run begun elsewhere resumes when its checkpoints/runs/<hash> folder is carried;
 #        PAPER_RUNS=0 leaves the paper-profile runs above out;
