@@ -22,6 +22,7 @@ STEP_PROFILE_SCHEMA = SCHEMA + "/step-profile"
 GPU_TRAIN_TARGET = 5.0  # the issue's GPU target (images/s against the reference on the same GPU)
 PROJECTION_TARGET_MIN = 10.0  # full CIFAR-100 B50 N = 10 paper-schedule LUCIR run, one H100
 GPU_MODELS = ("H200", "H100", "A100")
+PEAK_TARGET_PCT = 100 * TARGETS["train_step_fraction_of_peak"]  # CPU only: the issue sets none on a GPU
 
 
 Record = tuple[str, Mapping[str, Any]]  # (file name, parsed JSON)
@@ -68,10 +69,6 @@ def _ordered(kinds: Iterable[str]) -> list[str]:
     return sorted(kinds, key=lambda k: (rank.get(k, 99), k))
 
 
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
 def _verdict(ok: bool) -> str:
     return "met" if ok else "not met"
 
@@ -89,7 +86,7 @@ def _train_cell(st: Mapping[str, Any], kind: str) -> str:
 
 
 def _ms(xs: list[float]) -> float:
-    return 1e3 * _median(xs)
+    return 1e3 * statistics.median(xs)
 
 
 def _gflops(x: float) -> str:
@@ -111,7 +108,7 @@ def full_cells(rec: Mapping[str, Any], kind: str) -> dict[str, str]:
                                for k in mn if k.endswith("_over_step")),
         "flops": (f"**{100 * fl['fraction_of_peak']:.1f}%** ({_gflops(fl['achieved_gflops'])} / "
                   f"{_gflops(fl['peak_gflops'])} GFLOP/s, {fl.get('matmul_dtype', '?')} matmul); "
-                  + (f">= 50% {_verdict(fl['fraction_of_peak'] >= TARGETS['train_step_fraction_of_peak'])}"
+                  + (f">= {PEAK_TARGET_PCT:g}% {_verdict(fl['fraction_of_peak'] >= TARGETS['train_step_fraction_of_peak'])}"
                      if kind == "CPU" else "no GPU target")),
     }
 
@@ -125,14 +122,16 @@ def projection_cell(rec: Mapping[str, Any]) -> str:
     return f"projected {', '.join(parts)}; <= {PROJECTION_TARGET_MIN:g} min {_verdict(best <= 60 * PROJECTION_TARGET_MIN)}"
 
 
+# (cell key, row label, target column): the targets are the constants the cells are judged by
 MEASURES = (
-    ("train", "training images/s, ours / reference (ResNet-32, batch 128)", ">= 1.3x CPU, >= 5x GPU"),
-    ("herding", "herding, vectorised / per-sample loop (same indices)", ">= 20x"),
+    ("train", "training images/s, ours / reference (ResNet-32, batch 128)",
+     f">= {TARGETS['train_ratio_cpu']:g}x CPU, >= {GPU_TRAIN_TARGET:g}x GPU"),
+    ("herding", "herding, vectorised / per-sample loop (same indices)", f">= {TARGETS['herding_speedup']:g}x"),
     ("class_means", "NME class means / per-class loop", ""),
     ("eval", "evaluation images/s, ours / reference", ""),
     ("mnemonics", "one mnemonics outer iteration, in training steps", ""),
-    ("flops", "training step GFLOP/s / measured matmul peak", ">= 50% (CPU)"),
-    ("projection", "full CIFAR-100 B50 N = 10 paper-schedule LUCIR run", "<= 10 min (H100)"),
+    ("flops", "training step GFLOP/s / measured matmul peak", f">= {PEAK_TARGET_PCT:g}% (CPU)"),
+    ("projection", "full CIFAR-100 B50 N = 10 paper-schedule LUCIR run", f"<= {PROJECTION_TARGET_MIN:g} min (H100)"),
 )
 
 
@@ -177,7 +176,9 @@ def step_profile_table(records: Iterable[Record]) -> str:
              "implied ratio: reference step / kernel time, / graphed step |",
              "|---|---|---|---|---|---|---|"]
     notes = []
-    for kind, (name, rec) in sorted(newest_by_kind(records, STEP_PROFILE_SCHEMA).items()):
+    profiles = newest_by_kind(records, STEP_PROFILE_SCHEMA)
+    for kind in _ordered(profiles):  # the speed table's column order
+        name, rec = profiles[kind]
         ref_ms = None
         if kind in full:
             tr = full[kind][1]["stages"]["train"]
