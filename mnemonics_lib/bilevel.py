@@ -38,6 +38,7 @@ __all__ = [
     "BilevelSettings",
     "model_state",
     "unrolled_outer_loss",
+    "heldout_loss",
     "hypergradient",
     "optimise_exemplars",
     "adjust_old_exemplars",
@@ -70,6 +71,12 @@ class BilevelSettings:
     clip: None — no pixel clamping; a float c >= 0 — after every outer step clamp pixels to
         [lo − c, hi + c] per channel, (lo, hi) being the valid normalised range passed in as
         ``pixel_range`` (c = 0 is exactly the valid range; c > 0 allows a slack in normalised units).
+    per_exemplar_step: multiply the hypergradient by E, the number of exemplars optimised
+        together. The inner loss is a mean over the E exemplars, so d outer / d e_j carries a
+        factor 1/E; scaled by E, beta is the step of an exemplar as if it were trained on alone,
+        independent of how many are optimised at once.
+    momentum: heavy-ball momentum of the outer step, v ← μ v + g, E ← E − β v (the convention
+        of torch.optim.SGD, which the authors' code uses for its exemplars with μ = 0.9).
     """
 
     inner_steps: int
@@ -82,6 +89,8 @@ class BilevelSettings:
     bn_mode: str = "eval"
     augment: bool = False
     clip: float | None = None
+    per_exemplar_step: bool = False
+    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("inner_steps", "outer_iters", "real_batch"):
@@ -98,6 +107,8 @@ class BilevelSettings:
             raise ValueError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
         if not isinstance(self.first_order, bool) or not isinstance(self.augment, bool):
             raise ValueError("first_order and augment must be bool")
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.clip is not None and (
             isinstance(self.clip, bool)
             or not isinstance(self.clip, (int, float))
@@ -175,24 +186,53 @@ def unrolled_outer_loss(
         buffers = {n: b.clone() for n, b in buffers.items()}  # BN writes running stats in place
     else:
         buffers = dict(buffers)
-    names = list(trainable)
     with _bn_mode(model, settings.bn_mode):
-        for step in range(k):
-            # Truncation: all but the last step are cut from the graph in first-order mode.
-            keep_graph = not settings.first_order or step == k - 1
-            if not keep_graph:
-                trainable = {n: p.detach().requires_grad_(True) for n, p in trainable.items()}
-            logits = functional_call(model, (trainable, buffers), (ex_x,))
-            inner = F.cross_entropy(logits, ex_y)
-            grads = torch.autograd.grad(
-                inner, [trainable[n] for n in names], create_graph=keep_graph, allow_unused=True
-            )
-            trainable = {
-                n: p if g is None else p - settings.inner_lr * g
-                for (n, p), g in zip(trainable.items(), grads)
-            }
+        # Truncation: all but the last step are cut from the graph in first-order mode.
+        trainable = _inner_steps(model, trainable, buffers, ex_x, ex_y, settings,
+                                 lambda step: not settings.first_order or step == k - 1)
         logits = functional_call(model, (trainable, buffers), (real_x,))
         return F.cross_entropy(logits, real_y)
+
+
+def _inner_steps(model, trainable, buffers, ex_x, ex_y, settings, keep_graph_at) -> dict[str, Tensor]:
+    """Θ'_K: K SGD steps of Θ' on L_CE(Θ'; ex); step k keeps its graph iff ``keep_graph_at(k)``."""
+    names = list(trainable)
+    for step in range(settings.inner_steps):
+        keep_graph = keep_graph_at(step)
+        if not keep_graph:
+            trainable = {n: p.detach().requires_grad_(True) for n, p in trainable.items()}
+        logits = functional_call(model, (trainable, buffers), (ex_x,))
+        inner = F.cross_entropy(logits, ex_y)
+        grads = torch.autograd.grad(
+            inner, [trainable[n] for n in names], create_graph=keep_graph, allow_unused=True
+        )
+        trainable = {
+            n: p if g is None else p - settings.inner_lr * g
+            for (n, p), g in zip(trainable.items(), grads)
+        }
+    return trainable
+
+
+def heldout_loss(model: nn.Module, ex_x: Tensor, ex_y: Tensor, real_x: Tensor, real_y: Tensor,
+                 settings: BilevelSettings, batch: int = 512) -> float:
+    """L_CE of the temporary model Θ'_K (K inner steps on the exemplars, as in the outer loss) on
+    real samples kept out of the outer objective: the number the optimisation should lower if it
+    improves the exemplars rather than fitting its own validation batches. Mean over all of
+    ``real_x`` (N, C, H, W), scored in chunks of ``batch``; the model is not modified."""
+    params, buffers = model_state(model)
+    if settings.bn_mode == "train":
+        buffers = {n: b.clone() for n, b in buffers.items()}
+    with _bn_mode(model, settings.bn_mode):
+        with torch.enable_grad():
+            trainable = _inner_steps(model, {n: p.detach().requires_grad_(True) for n, p in params.items()},
+                                     buffers, ex_x.detach(), ex_y, settings, lambda step: False)
+        trainable = {n: p.detach() for n, p in trainable.items()}
+        total = 0.0
+        with torch.no_grad():
+            for i in range(0, real_x.shape[0], batch):
+                logits = functional_call(model, (trainable, buffers), (real_x[i:i + batch],))
+                total += float(F.cross_entropy(logits, real_y[i:i + batch], reduction="sum"))
+    return total / real_x.shape[0]
 
 
 def hypergradient(
@@ -356,6 +396,8 @@ def optimise_exemplars(
     ex = ex_x.detach().clone()
     replay = _replay_for(model, params, buffers, ex_y, settings, ex.device, graph_backend)
     n_real = real_x.shape[0]
+    scale = float(ex.shape[0]) if settings.per_exemplar_step else 1.0
+    velocity = torch.zeros_like(ex) if settings.momentum else None
     iters = range(settings.outer_iters)
     if progress:
         from tqdm.auto import tqdm  # imported lazily: only needed for the bar
@@ -374,11 +416,15 @@ def optimise_exemplars(
         else:  # the loss is read back (a host sync) only when someone looks at it
             grad, loss_t = replay(ex, batch_x, batch_y)
             loss = float(loss_t) if (callback is not None or progress) else float("nan")
-        # Plain gradient descent E ← E − β1 ∇_E L, exactly the paper's update (Sec. 3). Adam
-        # would rescale every pixel's step by its own gradient history, so β1 would no longer be
-        # the paper's step size and tiny hypergradients would be amplified to ±lr steps; SGD also
-        # keeps the optimiser stateless, so this loop stays a pure function of its inputs.
-        ex = ex - step_lr * grad
+        # Gradient descent E ← E − β1 ∇_E L, the paper's update (Sec. 3), optionally with the
+        # heavy-ball momentum of the authors' SGD. Not Adam: it would rescale every pixel's step by
+        # its own gradient history, so β1 would no longer be a step size in pixel units. The
+        # velocity is local, so this loop stays a pure function of its inputs.
+        g = grad * scale if scale != 1.0 else grad
+        if velocity is not None:
+            velocity = settings.momentum * velocity + g
+            g = velocity
+        ex = ex - step_lr * g
         if bounds is not None:
             ex = torch.maximum(torch.minimum(ex, bounds[1]), bounds[0])
         if callback is not None:

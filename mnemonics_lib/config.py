@@ -40,7 +40,9 @@ class Schedule:
     momentum: float
     weight_decay: float
     batch_size: int
-    finetune_epochs: int  # class-balanced fine-tuning (LUCIR option, mnemonics global program)
+    # superseded by BalancedFinetuneSchedule (CBF_SCHEDULES); kept because every cached run's hash
+    # covers them, and no code reads them
+    finetune_epochs: int
     finetune_lr: float
     bic_epochs: int  # BiC stage 2 (bias layer)
     depth: int  # ResNet depth for 32x32 inputs (32 = the paper's ResNet-32)
@@ -72,28 +74,94 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
+# Per-method departures from the profile's schedule, in that method's own units.
+# iCaRL (Rebuffi et al. 2017 and their released code): sigmoid BCE averaged over batch and classes,
+# lr 2.0, weight decay 1e-5, 70 epochs with lr / 5 at epochs 49 and 63 (fractions 0.7 and 0.9). At
+# quick and smoke the epoch counts stay the profile's (the same training budget as every method's),
+# the rest is iCaRL's, except smoke's lr: averaged over the 4 classes of the synthetic set's
+# phase 0, lr 2.0 makes a logit's step 25x what it is over 100 classes, and the linear head
+# diverges; 0.5 trains it.
+_ICARL_UNITS = dict(lr=2.0, weight_decay=1e-5, milestones=(0.7, 0.9), gamma=0.2)
+METHOD_SCHEDULES: dict[str, dict[str, dict[str, Any]]] = {
+    "icarl": {"paper": dict(_ICARL_UNITS, base_epochs=70, epochs=70),
+              "quick": dict(_ICARL_UNITS), "smoke": dict(_ICARL_UNITS, lr=0.5)},
+}
+
+# Bumped when a method's code changes what an unchanged config computes, so that a run cached
+# under the old behaviour is never loaded as the new one (the number enters the config hash).
+# bic 2: stage 1 trains on the bias-corrected logits of the earlier phases' layers (as evaluated);
+# icarl 2: BCE averaged over batch and classes, in iCaRL's own schedule.
+METHOD_REVISIONS: dict[str, int] = {"bic": 2, "icarl": 2}
+
+
+@dataclass(frozen=True)
+class BalancedFinetuneSchedule:
+    """Class-balanced fine-tuning (CBF) as LUCIR's official code does it (``--cb_finetune``,
+    ``ft_flag 2``): on the exemplar set only (the same count for every seen class), the feature
+    extractor fixed (its lr 0 and BatchNorm in eval mode, so the running statistics stay those of
+    the phase's training), the old and new class embeddings trained with the method's own loss
+    (LUCIR: CE + less-forget + margin ranking), the cosine scale sigma outside the optimiser; SGD
+    with the profile's momentum and weight decay, ``lr`` decayed by ``gamma`` at the
+    ``milestones`` fractions of ``epochs``.
+
+    The paper profile is LUCIR's (20 epochs, lr 0.01, / 10 at epoch 10). The quick profile keeps
+    the same 20 epochs: with the backbone frozen an epoch is forward passes over the exemplars
+    only, a small cost beside a phase's training."""
+
+    epochs: int
+    lr: float
+    milestones: tuple[float, ...] = (0.5,)
+    gamma: float = 0.1
+    bn: str = "frozen"  # recorded in the hash: the earlier CBF re-estimated BN statistics
+    sigma: str = "fixed"
+    loss: str = "method"
+
+
+CBF_SCHEDULES: dict[str, BalancedFinetuneSchedule] = {
+    "paper": BalancedFinetuneSchedule(epochs=20, lr=0.01),
+    "quick": BalancedFinetuneSchedule(epochs=20, lr=0.01),
+    "smoke": BalancedFinetuneSchedule(epochs=2, lr=0.01),
+}
+
+
 @dataclass(frozen=True)
 class MnemonicsSettings:
     """Meta-hyperparameters of the bilevel exemplar optimiser (paper §3; the paper gives none).
 
-    These defaults predate the sensitivity sweep (a smoke measurement: one outer step at these
-    values lowers the outer loss from 2.17 to 1.42). The study's runs use the sweep's choice,
-    ``results/sweeps/mnemonics/choice.json`` (quick, caltech100: alpha 0.01, beta1 100, K = 1; its
-    whole spread, 0.37 AIA points over alpha x beta1, is of the size of the 0.24-point difference
-    between two computations of one setting, see README), so the library defaults are kept rather
-    than moved on that evidence."""
+    ``step``: how beta scales the hypergradient. "per_exemplar" (default) multiplies it by the
+    number E of exemplars optimised together: the inner loss is a mean over E, so each exemplar's
+    hypergradient carries a factor 1/E, and a fixed beta would move the 1,000 exemplars of a B50
+    phase 0 five times less than the 200 of a later phase. Scaled by E, beta is the step each
+    exemplar takes as if it were alone in the inner batch, the same at every phase and N. "plain"
+    is the unscaled step E <- E - beta grad, the study's earlier runs (there beta never moved a
+    pixel by a grey level).
+    ``momentum``: heavy-ball momentum of the outer step (the authors' code optimises the
+    exemplars with SGD, momentum 0.9); 0 is plain gradient descent.
+    ``heldout_fraction``: share of each new class's non-exemplar images kept out of the outer
+    objective, on which the temporary model is scored before and after the optimisation
+    (``mnemonics_heldout_before`` / ``_after`` in the run's per-phase metrics); 0 disables it.
+    The values of beta1, beta2 and K are the held-out sweep's choice (README, "Does the
+    mnemonics step act?").
+    The three fields above are absent from the config hash at their earlier values ("plain", 0,
+    0), so the runs cached before them keep their hashes."""
 
     init: str = "herding"  # random | herding: where the exemplar pixels start
-    inner_steps: int = 1  # K
+    inner_steps: int = 2  # K
     inner_lr: float = 0.1  # alpha (the model's own lr 0.1)
-    outer_lr: float = 10.0  # beta1 (new-class exemplars); plain gradient steps in normalised
-    #   pixel space, where hypergradients are ~1e-4 per pixel (measured), hence the large value
-    old_lr: float = 10.0  # beta2 (old-class exemplars)
+    outer_lr: float = 1.0  # beta1 (new-class exemplars), per-exemplar step (see ``step``)
+    old_lr: float = 1.0  # beta2 (old-class exemplars)
     adjust_old: bool = True  # adjust old exemplars by the half-split program
     first_order: bool = False
     augment: bool = False
     real_batch: int = 128
     bn_mode: str = "eval"
+    step: str = "per_exemplar"  # per_exemplar | plain
+    momentum: float = 0.9
+    heldout_fraction: float = 0.2
+
+
+# MnemonicsSettings fields added after runs were cached: at these values they leave the hash alone
+_MNEMONICS_LEGACY = {"step": "plain", "momentum": 0.0, "heldout_fraction": 0.0}
 
 
 @dataclass(frozen=True)
@@ -136,6 +204,9 @@ class RunConfig:
     @property
     def schedule(self) -> Schedule:
         s = SCHEDULES[self.profile]
+        own = METHOD_SCHEDULES.get(self.method, {}).get(self.profile)
+        if own:
+            s = dataclasses.replace(s, **own)
         if self.epochs_override is not None:
             s = dataclasses.replace(s, base_epochs=self.epochs_override, epochs=self.epochs_override)
         if self.lr_override is not None:
@@ -148,6 +219,10 @@ class RunConfig:
             return self.exemplars == "mnemonics"
         return self.balanced_finetune
 
+    @property
+    def finetune_schedule(self) -> BalancedFinetuneSchedule:
+        return CBF_SCHEDULES[self.profile]
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["schedule"] = dataclasses.asdict(self.schedule)
@@ -155,6 +230,14 @@ class RunConfig:
             # unused by the run, so it must not enter the hash: a herding run stays cached when
             # the mnemonics defaults change
             d["mnemonics"] = None
+        else:
+            for k, legacy in _MNEMONICS_LEGACY.items():
+                if d["mnemonics"][k] == legacy:
+                    del d["mnemonics"][k]
+        if self.use_balanced_finetune:
+            d["balanced_finetune_schedule"] = dataclasses.asdict(self.finetune_schedule)
+        if self.method in METHOD_REVISIONS:
+            d["method_revision"] = METHOD_REVISIONS[self.method]
         if self.last_phase is None:
             # added after the first runs were cached: absent when unused, so their hashes hold
             del d["last_phase"]
@@ -212,6 +295,12 @@ def _validate(c: RunConfig) -> None:
     _choice("profile", c.profile, PROFILES)
     _choice("mnemonics.init", c.mnemonics.init, ("random", "herding"))
     _choice("mnemonics.bn_mode", c.mnemonics.bn_mode, ("eval", "train"))
+    _choice("mnemonics.step", c.mnemonics.step, ("per_exemplar", "plain"))
+    if not 0 <= c.mnemonics.momentum < 1:
+        raise ConfigError(f"mnemonics.momentum must be in [0, 1), got {c.mnemonics.momentum!r}")
+    if not 0 <= c.mnemonics.heldout_fraction < 1:
+        raise ConfigError(f"mnemonics.heldout_fraction must be in [0, 1) (0: no held-out check), "
+                          f"got {c.mnemonics.heldout_fraction!r}")
     if not isinstance(c.phases, int) or c.phases < 1:
         raise ConfigError(f"phases must be a positive integer, got {c.phases!r}")
     if c.memory_per_class < 0 or c.memory_total < 0:

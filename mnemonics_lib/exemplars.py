@@ -9,6 +9,7 @@ minimising a cosine nearest-prototype cross-entropy on the phase's data, then ro
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,29 @@ def bilevel_settings(config: RunConfig) -> bilevel.BilevelSettings:
         outer_lr=m.outer_lr, old_lr=m.old_lr, first_order=m.first_order, bn_mode=m.bn_mode,
         real_batch=m.real_batch, augment=m.augment,
         clip=0.0,  # keep mnemonics valid images: pixels stay inside [0, 1] before normalisation
+        per_exemplar_step=m.step == "per_exemplar", momentum=m.momentum,
     )
+
+
+def heldout_split(y: torch.Tensor, chosen: torch.Tensor, fraction: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Boolean mask (n,) of the samples held out of the outer objective: per class, round(fraction
+    x class size) of its images that are not exemplars (``chosen``, a mask (n,)), at least one
+    where the class has any non-exemplar image, drawn at random with ``generator`` (CPU).
+
+    Drawn after the initial selection, from the images it left, so the exemplars start exactly
+    where a herding run's do, and none of the held-out images is an exemplar's original."""
+    held = torch.zeros(len(y), dtype=torch.bool)
+    if fraction <= 0:
+        return held.to(y.device)
+    y_cpu, chosen_cpu = y.cpu(), chosen.cpu()
+    for c in torch.unique(y_cpu).tolist():
+        free = torch.nonzero((y_cpu == c) & ~chosen_cpu).flatten()
+        if not len(free):
+            continue
+        k = min(len(free), max(1, round(fraction * int((y_cpu == c).sum()))))
+        held[free[torch.randperm(len(free), generator=generator)[:k]]] = True
+    return held.to(y.device)
 
 
 def authors_code_adjust(model: torch.nn.Module, ex_x: torch.Tensor, ex_y: torch.Tensor,
@@ -78,46 +101,71 @@ def pixel_change(before: torch.Tensor, after: torch.Tensor, norm: Normaliser) ->
 def exemplar_stage(config: RunConfig, model: torch.nn.Module, memory: ExemplarMemory,
                    new_x: torch.Tensor, new_y: torch.Tensor, new_classes: range, per_class: int,
                    norm: Normaliser, generator: torch.Generator, cpu_generator: torch.Generator,
-                   phase: int) -> dict[str, dict[str, float]]:
+                   phase: int) -> dict[str, Any]:
     """Fill ``memory`` for ``new_classes`` and shrink every class to ``per_class``.
 
-    Returns how far the pixel optimisation moved the exemplars (:func:`pixel_change`): ``new``
-    (the new classes' exemplars against their initial selection) and, when old exemplars are
-    adjusted, ``old``; {} for strategies that do not optimise pixels. At a small step size the
-    exemplars barely leave their herding start, and this is where a run says so."""
+    Returns the fields this stage adds to the phase's metrics row ({} for random and herding):
+    ``exemplar_change`` (how far the pixel optimisation moved the exemplars, :func:`pixel_change`:
+    ``new``, and ``old`` when old exemplars are adjusted) and, for mnemonics,
+    ``mnemonics_pixel_delta`` (mean absolute change of the new exemplars' pixels from their
+    initialisation, grey levels) and, with a held-out share, ``mnemonics_heldout_before`` /
+    ``mnemonics_heldout_after``: the loss of the temporary model trained on the initial vs the
+    optimised exemplars, on new-class images the outer objective never saw."""
     model.eval()
     strategy = config.exemplars
     init = config.mnemonics.init if strategy == "mnemonics" else (
         "herding" if strategy == "authors_code" else strategy)
     picked = []
-    change: dict[str, dict[str, float]] = {}
+    chosen = torch.zeros(len(new_y), dtype=torch.bool, device=new_y.device)
     for c in new_classes:
-        xc = new_x[new_y == c]
-        picked.append((c, xc[initial_selection(init, model, xc, per_class, cpu_generator)]))
+        where = torch.nonzero(new_y == c).flatten()
+        idx = where[initial_selection(init, model, new_x[where], per_class, cpu_generator)]
+        chosen[idx] = True
+        picked.append((c, new_x[idx]))
+    row: dict[str, Any] = {}
     if strategy in ("mnemonics", "authors_code") and per_class > 0:
         ex_x = torch.cat([p[1] for p in picked])
         ex_y = torch.cat([torch.full((len(p[1]),), p[0], dtype=torch.long, device=ex_x.device) for p in picked])
         start = ex_x
+        change: dict[str, dict[str, float]] = {}
         if strategy == "mnemonics":
-            settings = bilevel_settings(config)
-            aug = None
-            if settings.augment:
-                pad = norm.pixel_range[0]
-                aug = lambda b: augment(b, generator, pad)  # noqa: E731
-            ex_x = bilevel.optimise_exemplars(model, ex_x, ex_y, new_x, new_y, settings,
-                                              generator=generator, augment=aug,
-                                              pixel_range=norm.pixel_range)
-            if config.mnemonics.adjust_old and phase > 0 and len(memory):
-                old_x, old_y = memory.tensors()
-                adjusted = bilevel.adjust_old_exemplars(model, old_x, old_y, settings, generator=generator,
-                                                        augment=aug, pixel_range=norm.pixel_range)
-                change["old"] = pixel_change(old_x, adjusted, norm)
-                memory.replace_all(adjusted, old_y)
+            ex_x = _mnemonics(config, model, memory, ex_x, ex_y, new_x, new_y, chosen, norm, generator,
+                              cpu_generator, phase, change, row)
         else:
             ex_x = authors_code_adjust(model, ex_x, ex_y, new_x, new_y, norm, generator)
         change["new"] = pixel_change(start, ex_x, norm)
+        row["exemplar_change"] = change
+        if strategy == "mnemonics":
+            row["mnemonics_pixel_delta"] = change["new"]["mean"]
         picked = [(c, ex_x[ex_y == c]) for c, _ in picked]
     for c, xc in picked:
         memory.set_class(c, xc)
     memory.reduce_to(per_class)
-    return change
+    return row
+
+
+def _mnemonics(config, model, memory, ex_x, ex_y, new_x, new_y, chosen, norm, generator, cpu_generator,
+               phase, change, row) -> torch.Tensor:
+    """The paper's exemplar program: new exemplars optimised on the phase's data (less a held-out
+    share, scored before and after), then the old exemplars adjusted by the half-split program."""
+    settings = bilevel_settings(config)
+    aug = None
+    if settings.augment:
+        pad = norm.pixel_range[0]
+        aug = lambda b: augment(b, generator, pad)  # noqa: E731
+    held = heldout_split(new_y, chosen, config.mnemonics.heldout_fraction, cpu_generator)
+    real_x, real_y = new_x[~held], new_y[~held]
+    if held.any():
+        row["mnemonics_heldout_before"] = bilevel.heldout_loss(model, ex_x, ex_y, new_x[held], new_y[held], settings)
+    out = bilevel.optimise_exemplars(model, ex_x, ex_y, real_x, real_y, settings, generator=generator,
+                                     augment=aug, pixel_range=norm.pixel_range)
+    if held.any():
+        row["mnemonics_heldout_after"] = bilevel.heldout_loss(model, out, ex_y, new_x[held], new_y[held], settings)
+        row["mnemonics_heldout_n"] = int(held.sum())
+    if config.mnemonics.adjust_old and phase > 0 and len(memory):
+        old_x, old_y = memory.tensors()
+        adjusted = bilevel.adjust_old_exemplars(model, old_x, old_y, settings, generator=generator,
+                                                augment=aug, pixel_range=norm.pixel_range)
+        change["old"] = pixel_change(old_x, adjusted, norm)
+        memory.replace_all(adjusted, old_y)
+    return out

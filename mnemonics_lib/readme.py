@@ -366,9 +366,24 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     recs = study.run_configs(configs, root, missing="skip", study=diagnostics.STUDY)
     blocks[f"icarl-phase0-{params['dataset']}-{params['profile']}"] = diagnostics.phase0_table(variants, configs, recs)
 
-    configs = diagnostics.step_configs(dataset=params["dataset"], profile=params["profile"],
-                                       memory_per_class=int(params["memory_per_class"]))
-    recs = study.run_configs(configs, root, missing="skip", study=diagnostics.STEP_STUDY)
-    blocks[f"mnemonics-step-{params['dataset']}-{params['profile']}"] = diagnostics.step_table(configs, recs)
+    blocks[f"mnemonics-probe-{params['dataset']}-{params['profile']}"] = probe_block(
+        Path(root), params["dataset"], params["profile"])
     blocks.update(bench_readme.speed_blocks(Path(root) / "bench"))  # the same for every profile
     return blocks
+
+
+def probe_block(root: Path, dataset: str, profile: str) -> str:
+    """The newest mnemonics step-probe record of ``dataset``/``profile`` (scripts/probe_mnemonics.py)
+    as its table, with the record's base run, commit and device under it."""
+    import json
+
+    from . import step_probe
+
+    files = sorted((root / "diagnostics" / "mnemonics_probe").glob(f"{dataset}-{profile}-*.json"))
+    if not files:
+        return f"n/a (not run): `python scripts/probe_mnemonics.py --dataset {dataset} --profile {profile}`"
+    rec = max((json.loads(f.read_text()) | {"_file": f.name} for f in files), key=lambda r: r["env"].get("end_utc", r["_file"]))
+    env = rec["env"]
+    return (step_probe.probe_table(rec["rows"]) + f"\n\nBase network: LUCIR herding after phase {rec['probe_phase']} "
+            f"({rec['base_config_hash']}); `{rec['_file']}`, commit {str(env.get('git_commit'))[:7]}, "
+            f"{device_of(env)}.")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import paper_numbers, snapshots
-from .config import EXEMPLARS, METHODS, ConfigError, RunConfig, make_config
+from .config import EXEMPLARS, METHODS, ConfigError, MnemonicsSettings, RunConfig, make_config
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,11 @@ def mnemonics_choice(root: str | os.PathLike) -> dict[str, Any]:
     path = Path(root) / STUDY_SWEEPS / CHOICE_FILE
     if not path.exists():
         return {}
-    return {k: json.loads(path.read_text())["chosen"][k] for k in CHOICE_KEYS}
+    choice = json.loads(path.read_text())
+    if choice.get("step", "plain") != MnemonicsSettings().step:
+        # chosen for another outer step (the unscaled one): its beta means something else here
+        return {}
+    return {k: choice["chosen"][k] for k in CHOICE_KEYS if k in choice["chosen"]}
 
 
 def choose_mnemonics(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -99,16 +99,20 @@ def phase0_key(config: RunConfig, method: Method) -> str:
 
 
 def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, groups: list[dict],
-                 loss_fn=None, desc: str = "", on_epoch_end: Callable[[int], None] | None = None) -> None:
-    """SGD with momentum, step decay at the schedule's milestone fractions, batched on-device
-    augmentation; no host synchronisation inside the step loop. On CUDA each full batch replays
-    a captured CUDA graph of the step; on CPU the backbones are compiled for the duration of the
-    call (:mod:`mnemonics_lib.steps`). ``on_epoch_end(epoch)`` is
-    called after each epoch (the benchmark times epochs with it)."""
+                 loss_fn=None, desc: str = "", on_epoch_end: Callable[[int], None] | None = None,
+                 milestones: tuple[float, ...] | None = None, gamma: float | None = None,
+                 freeze_bn: bool = False) -> None:
+    """SGD with momentum, step decay at the schedule's milestone fractions (or ``milestones`` /
+    ``gamma`` given here), batched on-device augmentation; no host synchronisation inside the
+    step loop. On CUDA each full batch replays a captured CUDA graph of the step; on CPU the
+    backbones are compiled for the duration of the call (:mod:`mnemonics_lib.steps`).
+    ``freeze_bn``: BatchNorm layers stay in eval mode (normalise with, and never update, their
+    running statistics) while the rest of the model trains. ``on_epoch_end(epoch)`` is called
+    after each epoch (the benchmark times epochs with it)."""
     s = ctx.config.schedule
     opt = torch.optim.SGD(groups, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    miles = sorted({max(1, int(round(m * epochs))) for m in s.milestones})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=s.gamma)
+    miles = sorted({max(1, int(round(m * epochs))) for m in (s.milestones if milestones is None else milestones)})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=s.gamma if gamma is None else gamma)
     pad = ctx.state["_pad"]
     loss_fn = loss_fn or method.loss
     layout = preferred_memory_format(ctx.device)
@@ -117,6 +121,8 @@ def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, grou
                          compiled)
         for epoch in tqdm(range(epochs), desc=desc or f"phase {ctx.phase}", leave=False, disable=None):
             ctx.model.train()
+            if freeze_bn:
+                set_batchnorm_eval(ctx.model)
             # batches prepared many at a time (pipeline.augmented_batches): the same values as
             # augmenting each batch on its own, in fewer and larger kernels
             for x, y in augmented_batches(ctx.train_x, ctx.train_y, s.batch_size, ctx.generator, pad, layout):
@@ -126,24 +132,31 @@ def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, grou
                 on_epoch_end(epoch)
 
 
+def set_batchnorm_eval(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def balanced_finetune(ctx: PhaseContext, method: Method, memory: ExemplarMemory) -> None:
-    """Class-balanced fine-tuning (LUCIR §3.4, Mnemonics §3): the classifier is fine-tuned on
-    the exemplar set, which holds the same number of samples for every seen class."""
-    s = ctx.config.schedule
+    """Class-balanced fine-tuning (LUCIR §3.4, Mnemonics §3) as LUCIR's official code runs it
+    (:class:`~mnemonics_lib.config.BalancedFinetuneSchedule`): on the exemplar set, which holds
+    the same number of samples for every seen class, the class embeddings (old and new) are
+    trained with the method's own loss against the phase's old model; the feature extractor is
+    fixed, BatchNorm included (its running statistics, which the next phase's old model inherits,
+    stay those of the phase's training), and so is the cosine scale sigma."""
+    f = ctx.config.finetune_schedule
     ex_x, ex_y = memory.tensors()
     saved = ctx.train_x, ctx.train_y
     ctx.train_x, ctx.train_y = ex_x, ex_y
     trainable = {id(p): p.requires_grad for p in ctx.model.parameters()}
-    for p in ctx.model.backbone.parameters():
+    for p in ctx.model.parameters():
         p.requires_grad_(False)
-    head_params = [p for p in ctx.model.head.parameters()]
-    for p in head_params:
+    embeddings = [p for name, p in ctx.model.head.named_parameters() if name != "sigma"]
+    for p in embeddings:
         p.requires_grad_(True)
-
-    def ce(c: PhaseContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(method.logits(c.state, c.model, x), y)
-
-    train_epochs(ctx, method, s.finetune_epochs, s.finetune_lr, [{"params": head_params}], ce, "balanced ft")
+    train_epochs(ctx, method, f.epochs, f.lr, [{"params": embeddings}], None, "balanced ft",
+                 milestones=f.milestones, gamma=f.gamma, freeze_bn=True)
     for p in ctx.model.parameters():
         p.requires_grad_(trainable[id(p)])
     ctx.train_x, ctx.train_y = saved
@@ -244,8 +257,8 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
             torch.cuda.synchronize()
         t1 = time.perf_counter()
         per_class = protocol.exemplars_per_class(config, plan.seen_classes(p))
-        change = exemplar_stage(config, model, memory, new_x, new_y, new, per_class, data.norm, gen,
-                                make_generator(_phase_seed(config, p, 1), "cpu"), p)
+        stage_row = exemplar_stage(config, model, memory, new_x, new_y, new, per_class, data.norm, gen,
+                                   make_generator(_phase_seed(config, p, 1), "cpu"), p)
         if config.use_balanced_finetune and p > 0:
             ctx.train_x, ctx.train_y = train_x, train_y
             balanced_finetune(ctx, method, memory)
@@ -254,8 +267,8 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
         t3 = time.perf_counter()
         row["wall_s"] = {"train": t1 - t0, "exemplars": t2 - t1, "eval": t3 - t2}
         row["memory_total"] = len(memory)
-        if change:  # mnemonics / authors_code: how far the pixels moved, in grey levels
-            row["exemplar_change"] = change
+        row.update(stage_row)  # mnemonics / authors_code: how far the pixels moved, held-out losses
+        row.update(method.phase_metrics(ctx))  # e.g. BiC's bias-correction parameters
         per_phase.append(row)
         log.info("phase %d: %d classes, CNN %.2f%%, NME %.2f%% (%.1fs)", p, row["n_classes"],
                  row["acc_cnn"], row["acc_nme"], t3 - t0)

@@ -3,7 +3,8 @@
 A method is a small object with hooks called by :mod:`mnemonics_lib.trainer`:
 ``before_phase`` (grow/imprint the head, set weights, split data), ``loss`` (one batch),
 ``param_groups`` (what the optimiser trains), ``after_phase`` (e.g. BiC's bias correction) and
-``logits`` (the CNN prediction used for evaluation).
+``logits`` (the CNN prediction used for evaluation) and ``phase_metrics`` (what the phase's
+metrics row records of the method's own state).
 """
 from __future__ import annotations
 
@@ -61,6 +62,10 @@ class Method:
 
     def logits(self, ctx_state: dict[str, Any], model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
+
+    def phase_metrics(self, ctx: PhaseContext) -> dict[str, Any]:
+        """Method-specific values stored in the phase's metrics row (JSON-serialisable)."""
+        return {}
 
 
 def distillation(new_logits: torch.Tensor, old_logits: torch.Tensor, T: float) -> torch.Tensor:

@@ -3,8 +3,14 @@
 Stage 1: loss = lambda * L_distill (T = 2) + (1 - lambda) * CE, lambda = n_old / n_seen (Eq. 5).
 Stage 2: a two-parameter bias-correction layer (alpha, beta) on the logits of the classes added in
 this phase (Eq. 6), trained with CE on a small *balanced* validation split carved from the
-exemplars and the new data (9:1 in the paper), with the model frozen. Earlier phases' layers stay
-fixed; the old model used for distillation keeps its own bias layers.
+exemplars and the new data (9:1 in the paper), with the model frozen.
+
+The model's output is always the bias-corrected one: the earlier phases' layers are frozen and
+applied in stage 1 (to the logits both losses see), in the stage-2 fit and at evaluation, as in
+the paper and its common implementations (the bias layers sit inside the network's forward). The
+old model used for distillation is corrected by its own layers, i.e. the same earlier ones.
+Training stage 1 on raw logits while evaluating corrected ones would correct the earlier classes
+twice, a mismatch that grows with every phase.
 """
 from __future__ import annotations
 
@@ -57,12 +63,13 @@ class BiC(Method):
         ctx.train_x, ctx.train_y = ctx.train_x[keep], ctx.train_y[keep]
 
     def loss(self, ctx: PhaseContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = ctx.model(x)
+        layers = ctx.state.get("bic_layers", [])  # the earlier phases' layers, frozen
+        logits = apply_bias(ctx.model(x), layers)
         ce = F.cross_entropy(logits, y)
         if ctx.old_model is None:
             return ce
         with torch.no_grad():
-            old = apply_bias(ctx.old_model(x), ctx.state.get("bic_layers", []))
+            old = apply_bias(ctx.old_model(x), layers)
         lam = ctx.n_old / ctx.n_seen
         return lam * distillation(logits[:, : ctx.n_old], old, self.temperature) + (1 - lam) * ce
 
@@ -90,3 +97,12 @@ class BiC(Method):
 
     def logits(self, ctx_state: dict[str, Any], model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return apply_bias(model(x), ctx_state.get("bic_layers", []))
+
+    def phase_metrics(self, ctx: PhaseContext) -> dict[str, Any]:
+        """This phase's fitted (alpha, beta), so the correction can be inspected run by run."""
+        layers = ctx.state.get("bic_layers", [])
+        if ctx.phase == 0 or not layers:
+            return {}
+        start, end, a, b = layers[-1]
+        return {"bic_alpha": float(a.reshape(-1)[0]), "bic_beta": float(b.reshape(-1)[0]),
+                "bic_classes": [int(start), int(end)]}

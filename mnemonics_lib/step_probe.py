@@ -1,0 +1,154 @@
+"""Does the mnemonics step act? A direct measurement of the local bilevel program on one trained
+network, setting by setting, without training a run per setting.
+
+The network and memory are those of a LUCIR herding run after phase ``probe_phase`` (phase 1 of
+B50, N = 5 by default: the first phase with both programs). For each setting (beta1 or beta2, K)
+the probe optimises
+
+* the phase's new-class exemplars from their herding start, on the phase's data less a held-out
+  share (:func:`~mnemonics_lib.exemplars.heldout_split`), and
+* the old-class exemplars by the half-split program (their real data is gone for the algorithm;
+  the probe still has it, and scores the result on it),
+
+and records, for each, the loss of the temporary model trained on the exemplars (K inner steps,
+:func:`~mnemonics_lib.bilevel.heldout_loss`) on real images the program never saw, before and
+after, and how far the pixels moved (mean absolute change, grey levels). A setting acts when the
+pixels move by at least a grey level on average *and* the held-out loss falls; past a good step
+size the held-out loss rises again, which is where the sweep stops.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from . import bilevel
+from .config import RunConfig, make_config
+from .exemplars import bilevel_settings, heldout_split, initial_selection, pixel_change
+
+# beta1 (new-class exemplars) x K, and beta2 (old-class exemplars) at K = 1; the scaled step with
+# momentum 0.9 (config.MnemonicsSettings). Decades around the range where pixels start to move.
+NEW_GRID = tuple((b, 1) for b in (0.1, 1.0, 10.0, 100.0, 1000.0)) + tuple(
+    (b, k) for k in (2, 3, 5) for b in (1.0, 10.0, 100.0))
+OLD_GRID = tuple((b, 1) for b in (1.0, 10.0, 100.0, 1000.0))
+
+
+def base_config(dataset: str = "caltech100", profile: str = "quick", seed: int = 1993,
+                phases: int = 5, probe_phase: int = 1, **fields: Any) -> RunConfig:
+    """The LUCIR herding run whose network after ``probe_phase`` the probe reads."""
+    return make_config(dataset=dataset, profile=profile, phases=phases, method="lucir", exemplars="herding",
+                       seed=seed, class_order_seed=seed, last_phase=probe_phase, **fields)
+
+
+def probe_settings(config: RunConfig, beta: float, k: int) -> bilevel.BilevelSettings:
+    """The study's bilevel settings of a mnemonics run of ``config``, at step ``beta`` and K = ``k``."""
+    mn = dataclasses.replace(config.mnemonics, inner_steps=k, outer_lr=beta, old_lr=beta)
+    return bilevel_settings(dataclasses.replace(config, exemplars="mnemonics", mnemonics=mn))
+
+
+def probe_new(model, new_x, new_y, per_class: int, settings: bilevel.BilevelSettings, norm,
+              heldout_fraction: float, seed: int) -> dict[str, float]:
+    """Optimise the new classes' exemplars from herding; held-out loss before/after, pixel change."""
+    gen = torch.Generator().manual_seed(seed)
+    chosen = torch.zeros(len(new_y), dtype=torch.bool)
+    picks = []
+    for c in torch.unique(new_y).tolist():
+        where = torch.nonzero(new_y == c).flatten()
+        idx = where[initial_selection("herding", model, new_x[where], per_class, gen)]
+        chosen[idx] = True
+        picks.append(idx)
+    idx = torch.cat(picks)
+    ex_x, ex_y = new_x[idx], new_y[idx]
+    held = heldout_split(new_y, chosen, heldout_fraction, gen)
+    out = bilevel.optimise_exemplars(model, ex_x, ex_y, new_x[~held], new_y[~held], settings,
+                                     generator=torch.Generator().manual_seed(seed + 1),
+                                     pixel_range=norm.pixel_range)
+    return _scores(model, ex_x, out, ex_y, new_x[held], new_y[held], settings, norm)
+
+
+def probe_old(model, old_x, old_y, real_x, real_y, settings: bilevel.BilevelSettings, norm,
+              seed: int) -> dict[str, float]:
+    """Adjust the old exemplars by the half-split program; scored on the old classes' real images."""
+    out = bilevel.adjust_old_exemplars(model, old_x, old_y, settings,
+                                       generator=torch.Generator().manual_seed(seed),
+                                       pixel_range=norm.pixel_range)
+    return _scores(model, old_x, out, old_y, real_x, real_y, settings, norm)
+
+
+def _scores(model, before, after, ex_y, real_x, real_y, settings, norm) -> dict[str, float]:
+    change = pixel_change(before, after, norm)
+    return {"heldout_before": bilevel.heldout_loss(model, before, ex_y, real_x, real_y, settings),
+            "heldout_after": bilevel.heldout_loss(model, after, ex_y, real_x, real_y, settings),
+            "pixel_delta": change["mean"], "pixel_max": change["max"], "n_heldout": int(len(real_y))}
+
+
+def capture_phase(config: RunConfig, device, probe_phase: int) -> dict[str, Any]:
+    """Train ``config`` through ``probe_phase`` and keep what the probe reads at its end."""
+    from .trainer import run_incremental
+
+    kept: dict[str, Any] = {}
+
+    def keep(phase, model, memory, data):
+        if phase == probe_phase:
+            kept.update(model=copy.deepcopy(model).eval(), memory=copy.deepcopy(memory), data=data)
+
+    run_incremental(config, device, checkpoints=False, on_phase_end=keep)
+    return kept
+
+
+def run_probe(config: RunConfig, device, new_grid: Iterable[tuple[float, int]] = NEW_GRID,
+              old_grid: Iterable[tuple[float, int]] = OLD_GRID, heldout_fraction: float = 0.2,
+              say=print) -> list[dict[str, Any]]:
+    """Rows ``{program, beta, K, heldout_before, heldout_after, pixel_delta, pixel_max, n_heldout}``."""
+    p = config.last_phase
+    kept = capture_phase(config, device, p)
+    model, memory, data = kept["model"], kept["memory"], kept["data"]
+    plan, norm = data.plan, data.norm
+    new = list(plan.new_classes(p))
+    idx = data.train.select(new)
+    new_x, new_y = data.norm(data.train.x[idx]), data.train.y[idx]
+    per_class = config.memory_per_class
+    rows = []
+    for beta, k in new_grid:
+        s = probe_settings(config, beta, k)
+        rows.append({"program": "new", "beta": beta, "K": k,
+                     **probe_new(model, new_x, new_y, per_class, s, norm, heldout_fraction, config.seed)})
+        say(rows[-1])
+    old_x, old_y = memory.tensors()
+    old_y = old_y.to(old_x.device)
+    keep_old = old_y < plan.starts[p]
+    old_x, old_y = old_x[keep_old], old_y[keep_old]
+    ridx = data.train.select(list(range(plan.starts[p])))
+    real_x, real_y = data.norm(data.train.x[ridx]), data.train.y[ridx]
+    for beta, k in old_grid:
+        s = probe_settings(config, beta, k)
+        rows.append({"program": "old", "beta": beta, "K": k,
+                     **probe_old(model, old_x, old_y, real_x, real_y, s, norm, config.seed)})
+        say(rows[-1])
+    return rows
+
+
+def acts(row: dict[str, Any]) -> bool:
+    """The criterion: pixels move by >= 1 grey level on average and the held-out loss falls."""
+    return row["pixel_delta"] >= 1.0 and row["heldout_after"] < row["heldout_before"]
+
+
+def choose(rows: Sequence[dict[str, Any]], program: str) -> dict[str, Any] | None:
+    """Among the settings that act, the one with the lowest held-out loss after optimisation."""
+    ok = [r for r in rows if r["program"] == program and acts(r)]
+    return min(ok, key=lambda r: r["heldout_after"]) if ok else None
+
+
+def probe_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown: one line per setting, the chosen ones in bold."""
+    lines = ["| program | beta | K | held-out loss before | after | change | pixel change, mean / max (grey levels) | acts |",
+             "|---|---|---|---|---|---|---|---|"]
+    chosen = [choose(rows, p) for p in ("new", "old")]
+    for r in rows:
+        mark = "**" if r in chosen else ""
+        lines.append(f"| {r['program']} | {mark}{r['beta']:g}{mark} | {r['K']} | {r['heldout_before']:.4f} | "
+                     f"{r['heldout_after']:.4f} | {r['heldout_after'] - r['heldout_before']:+.4f} | "
+                     f"{r['pixel_delta']:.2f} / {r['pixel_max']:.1f} | {'yes' if acts(r) else 'no'} |")
+    return "\n".join(lines)

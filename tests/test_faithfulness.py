@@ -1,0 +1,241 @@
+"""The details where an implementation most easily departs from its paper, each pinned: which
+logits BiC's losses see, what class-balanced fine-tuning may change (BN mode, sigma, backbone),
+iCaRL's loss normalisation and schedule, and the mnemonics outer step (scale, momentum, the
+held-out measurement), plus the hashes of cached runs that these changes must leave alone."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnemonics_lib import bilevel, trainer
+from mnemonics_lib.backbones import build_net
+from mnemonics_lib.config import make_config
+from mnemonics_lib.exemplars import heldout_split
+from mnemonics_lib.memory import ExemplarMemory
+from mnemonics_lib.methods import PhaseContext, get_method
+from mnemonics_lib.methods.bic import apply_bias
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(dataset="synthetic", synthetic_classes=8, phases=2, profile="smoke", seed=1)
+
+
+def _ctx(method: str, n_old: int = 4, n_seen: int = 6, old: bool = True, **cfg):
+    torch.manual_seed(0)
+    m = get_method(method)
+    net = build_net("resnet", n_old, depth=8, width=4, cosine=m.cosine_head)
+    old_model = copy.deepcopy(net).eval() if old else None
+    net.head.grow(n_seen - n_old)
+    x = torch.randn(16, 3, 32, 32)
+    y = torch.arange(16) % n_seen
+    config = make_config(method=method, **SMALL, **cfg)
+    ctx = PhaseContext(config, 1, n_old, n_seen, net, old_model, x, y, torch.device("cpu"),
+                       torch.Generator().manual_seed(0), {"_pad": torch.full((1, 3, 1, 1), -2.0)})
+    return m, ctx, x, y
+
+
+# ------------------------------------------------------------------ BiC
+def test_bic_stage1_trains_the_corrected_logits_it_is_evaluated_on():
+    bic, ctx, x, y = _ctx("bic", old=False)
+    layer = (2, 4, torch.tensor([0.5]), torch.tensor([1.5]))  # an earlier phase's correction
+    ctx.state["bic_layers"] = [layer]
+    ctx.model.eval()
+    expected = F.cross_entropy(apply_bias(ctx.model(x), [layer]), y)
+    assert torch.allclose(bic.loss(ctx, x, y), expected)
+    assert not torch.allclose(expected, F.cross_entropy(ctx.model(x), y))  # the test can fail
+    assert torch.equal(bic.logits(ctx.state, ctx.model, x), apply_bias(ctx.model(x), [layer]))
+
+
+def test_bic_distills_corrected_new_logits_against_the_old_models_corrected_ones():
+    bic, ctx, x, y = _ctx("bic")
+    layer = (0, 2, torch.tensor([0.7]), torch.tensor([-0.3]))
+    ctx.state["bic_layers"] = [layer]
+    ctx.model.eval()
+    new = apply_bias(ctx.model(x), [layer])
+    old = apply_bias(ctx.old_model(x), [layer])
+    lam = 4 / 6
+    kd = -(F.softmax(old / 2, 1) * F.log_softmax(new[:, :4] / 2, 1)).sum(1).mean()
+    assert torch.allclose(bic.loss(ctx, x, y), lam * kd + (1 - lam) * F.cross_entropy(new, y))
+
+
+def test_bic_records_each_phases_alpha_and_beta():
+    cfg = make_config(method="bic", epochs_override=2, **SMALL)
+    m = trainer.run_incremental(cfg, "cpu", checkpoints=False)
+    rows = m["per_phase"]
+    assert "bic_alpha" not in rows[0]
+    for r, (s, e) in zip(rows[1:], [(4, 6), (6, 8)]):
+        assert r["bic_classes"] == [s, e]
+        assert isinstance(r["bic_alpha"], float) and isinstance(r["bic_beta"], float)
+        assert (r["bic_alpha"], r["bic_beta"]) != (1.0, 0.0)  # stage 2 moved off the identity
+
+
+# ------------------------------------------------------------------ class-balanced fine-tuning
+def _bn_stats(model):
+    return {n: b.clone() for n, b in model.named_buffers()}
+
+
+def test_cbf_freezes_bn_statistics_sigma_and_backbone_and_trains_every_embedding():
+    lucir, ctx, x, y = _ctx("lucir", balanced_finetune=True)
+    ctx.state["lucir_lambda"] = 5.0
+    for w in list(ctx.model.head.weights)[:-1]:
+        w.requires_grad_(False)  # as LUCIR leaves them after its phase training
+    memory = ExemplarMemory()
+    for c in range(6):
+        memory.set_class(c, x[y == c])
+    buffers, backbone = _bn_stats(ctx.model), copy.deepcopy(ctx.model.backbone.state_dict())
+    sigma = ctx.model.head.sigma.detach().clone()
+    heads = [w.detach().clone() for w in ctx.model.head.weights]
+    flags = [p.requires_grad for p in ctx.model.parameters()]
+    trainer.balanced_finetune(ctx, lucir, memory)
+    after = _bn_stats(ctx.model)
+    assert all(torch.equal(buffers[k], after[k]) for k in buffers if "num_batches" not in k)
+    assert all(torch.equal(v, ctx.model.backbone.state_dict()[k]) for k, v in backbone.items())
+    assert torch.equal(ctx.model.head.sigma.detach(), sigma)
+    assert all(not torch.equal(a, w.detach()) for a, w in zip(heads, ctx.model.head.weights))
+    assert [p.requires_grad for p in ctx.model.parameters()] == flags  # restored
+    assert ctx.train_x is x  # the phase's training set is back
+
+
+def test_cbf_uses_the_methods_own_loss(monkeypatch):
+    lucir, ctx, x, y = _ctx("lucir", balanced_finetune=True)
+    ctx.state["lucir_lambda"] = 5.0
+    memory = ExemplarMemory()
+    for c in range(6):
+        memory.set_class(c, x[y == c])
+    calls = []
+    real = type(lucir).loss
+    monkeypatch.setattr(type(lucir), "loss", lambda self, c, a, b: calls.append(1) or real(self, c, a, b))
+    trainer.balanced_finetune(ctx, lucir, memory)
+    assert calls  # LF + CE + MR, not a bare CE
+
+
+def test_cbf_schedule_is_lucirs_and_enters_the_hash_only_when_used():
+    paper = make_config(method="lucir", balanced_finetune=True, profile="paper")
+    f = paper.finetune_schedule
+    assert (f.epochs, f.lr, f.milestones, f.gamma, f.bn, f.sigma) == (20, 0.01, (0.5,), 0.1, "frozen", "fixed")
+    assert "balanced_finetune_schedule" in paper.to_dict()
+    assert "balanced_finetune_schedule" not in make_config(method="lucir").to_dict()
+    assert "balanced_finetune_schedule" in make_config(method="lucir", exemplars="mnemonics").to_dict()
+
+
+# ------------------------------------------------------------------ iCaRL
+def test_icarl_bce_is_averaged_over_batch_and_classes():
+    icarl, ctx, x, y = _ctx("icarl", old=False)
+    ctx.model.eval()
+    logits = ctx.model(x)
+    target = F.one_hot(y, 6).float()
+    manual = -(target * F.logsigmoid(logits) + (1 - target) * F.logsigmoid(-logits)).sum() / (16 * 6)
+    assert torch.allclose(icarl.loss(ctx, x, y), manual, atol=1e-6)
+
+
+def test_icarl_trains_in_its_own_units_and_other_methods_keep_theirs():
+    s = make_config(method="icarl", profile="paper").schedule
+    assert (s.lr, s.weight_decay, s.milestones, s.gamma, s.base_epochs, s.epochs) == (
+        2.0, 1e-5, (0.7, 0.9), 0.2, 70, 70)
+    q = make_config(method="icarl", profile="quick").schedule
+    assert (q.lr, q.weight_decay, q.base_epochs, q.epochs) == (2.0, 1e-5, 20, 8)
+    lucir = make_config(method="lucir", profile="paper").schedule
+    assert (lucir.lr, lucir.weight_decay, lucir.epochs) == (0.1, 5e-4, 160)
+    assert make_config(method="icarl", profile="quick", lr_override=0.1).schedule.lr == 0.1
+
+
+# ------------------------------------------------------------------ the mnemonics outer step
+def _tiny():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.BatchNorm2d(3), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(48, 3)).double().eval()
+    g = torch.Generator().manual_seed(1)
+    ex_x, ex_y = torch.randn(6, 1, 4, 4, generator=g, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2])
+    real_x, real_y = torch.randn(12, 1, 4, 4, generator=g, dtype=torch.float64), torch.arange(12) % 3
+    return net, ex_x, ex_y, real_x, real_y
+
+
+def _settings(**kw):
+    base = dict(inner_steps=1, inner_lr=0.5, outer_iters=2, outer_lr=0.3, old_lr=0.3, real_batch=12)
+    return bilevel.BilevelSettings(**{**base, **kw})
+
+
+def test_per_exemplar_step_is_the_plain_step_times_the_exemplar_count():
+    net, ex_x, ex_y, real_x, real_y = _tiny()
+    scaled = bilevel.optimise_exemplars(net, ex_x, ex_y, real_x, real_y, _settings(per_exemplar_step=True),
+                                        generator=torch.Generator().manual_seed(0))
+    plain = bilevel.optimise_exemplars(net, ex_x, ex_y, real_x, real_y, _settings(outer_lr=0.3 * 6),
+                                       generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(scaled, plain, atol=1e-12)
+
+
+def test_momentum_is_heavy_ball_as_torch_sgd():
+    net, ex_x, ex_y, real_x, real_y = _tiny()
+    s = _settings(momentum=0.9)
+    got = bilevel.optimise_exemplars(net, ex_x, ex_y, real_x, real_y, s, generator=torch.Generator().manual_seed(0))
+    # two full-batch iterations by hand with torch.optim.SGD on the pixels
+    ex = ex_x.clone().requires_grad_(True)
+    opt = torch.optim.SGD([ex], lr=0.3, momentum=0.9)
+    for _ in range(2):
+        g, _ = bilevel.hypergradient(net, ex.detach(), ex_y, real_x, real_y, s)
+        ex.grad = g
+        opt.step()
+    assert torch.allclose(got, ex.detach(), atol=1e-12)
+    assert not torch.allclose(got, bilevel.optimise_exemplars(
+        net, ex_x, ex_y, real_x, real_y, _settings(), generator=torch.Generator().manual_seed(0)))
+
+
+def test_heldout_loss_is_the_outer_loss_on_the_heldout_images():
+    net, ex_x, ex_y, real_x, real_y = _tiny()
+    s = _settings(inner_steps=2)
+    params, buffers = bilevel.model_state(net)
+    expected = float(bilevel.unrolled_outer_loss(net, params, buffers, ex_x, ex_y, real_x, real_y, s).detach())
+    assert bilevel.heldout_loss(net, ex_x, ex_y, real_x, real_y, s, batch=5) == pytest.approx(expected, rel=1e-10)
+
+
+def test_heldout_split_takes_a_share_of_each_classes_non_exemplars():
+    y = torch.tensor([0] * 10 + [1] * 5 + [2] * 3)
+    chosen = torch.zeros(18, dtype=torch.bool)
+    chosen[[0, 1, 2, 10, 11, 15, 16, 17]] = True  # class 2: every image is an exemplar
+    held = heldout_split(y, chosen, 0.2, torch.Generator().manual_seed(0))
+    assert not (held & chosen).any()
+    assert [int(held[y == c].sum()) for c in range(3)] == [2, 1, 0]
+    assert not heldout_split(y, chosen, 0.0, torch.Generator()).any()
+
+
+def test_a_mnemonics_run_records_that_its_step_acts_in_every_phase():
+    cfg = make_config(method="lucir", exemplars="mnemonics", epochs_override=2, **SMALL)
+    rows = trainer.run_incremental(cfg, "cpu", checkpoints=False)["per_phase"]
+    for r in rows:
+        assert r["mnemonics_heldout_before"] > 0 and r["mnemonics_heldout_after"] > 0
+        assert r["mnemonics_pixel_delta"] == r["exemplar_change"]["new"]["mean"] > 0
+        assert r["mnemonics_heldout_n"] > 0
+
+
+def test_the_mnemonics_step_defaults_are_the_scaled_step_with_momentum():
+    m = make_config(exemplars="mnemonics").mnemonics
+    assert (m.step, m.momentum, m.heldout_fraction) == ("per_exemplar", 0.9, 0.2)
+    legacy = make_config(exemplars="mnemonics", mnemonics={"step": "plain", "momentum": 0.0,
+                                                         "heldout_fraction": 0.0}).to_dict()["mnemonics"]
+    assert not {"step", "momentum", "heldout_fraction"} & set(legacy)  # earlier runs' hashes hold
+
+
+# ------------------------------------------------------------------ cached runs keep their hashes
+def _rebuild(cfg: dict):
+    from mnemonics_lib.config import _FIELD_NAMES
+
+    fields = {k: v for k, v in cfg.items() if k in _FIELD_NAMES and k != "schedule"}
+    if fields.get("mnemonics") is None:
+        fields.pop("mnemonics", None)
+    return make_config(**fields)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "results" / "runs").glob("*/config.json"))[:200],
+                         ids=lambda p: p.parent.name)
+def test_cached_runs_of_unchanged_methods_keep_their_hashes(path):
+    cfg = json.loads(path.read_text())
+    affected = (cfg["method"] in ("bic", "icarl") or cfg["exemplars"] == "mnemonics"
+                or cfg.get("balanced_finetune") is True)
+    rebuilt = _rebuild(cfg).config_hash()
+    assert (rebuilt == cfg["config_hash"]) != affected, (
+        f"{path.parent.name}: {'affected by a method change but kept' if affected else 'changed'} its hash")
