@@ -10,6 +10,7 @@ provenance), which ``python scripts/study.py readme`` turns into the README's pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     rows = step_probe.run_probe(config, device, say=lambda r: print(r, flush=True))
     record = {"base_config": config.to_dict(), "base_config_hash": config.config_hash(),
-              "probe_phase": config.last_phase, "mnemonics_defaults": config.replace(exemplars="mnemonics")
-              .to_dict()["mnemonics"], "rows": rows, "wall_s": time.time() - t0,
+              "probe_phase": config.last_phase, "probe_settings": dataclasses.asdict(
+                  step_probe.probe_settings(config, 1.0, 1)) | {"beta": "beta1 (new) or beta2 (old)", "K": "per row"},
+              "rows": rows, "wall_s": time.time() - t0,
               "env": results.provenance()}
     out.parent.mkdir(parents=True, exist_ok=True)
     results.write_json_atomic(out, record)
