@@ -68,13 +68,6 @@ def test_phase0_runs_are_stored_with_their_overrides_and_then_loaded(tmp_path, c
     assert capsys.readouterr().out.splitlines() == first
 
 
-def _probe_script():
-    spec = importlib.util.spec_from_file_location("probe", ROOT / "scripts" / "probe_mnemonics.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_probe_table_marks_the_settings_that_act_and_the_choice():
     from mnemonics_lib import step_probe
 
