@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from mnemonics_lib import report, study
+from mnemonics_lib.config import MnemonicsSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
@@ -251,7 +252,9 @@ def test_nbval_revalidates_every_executed_notebook(executed):
 def test_notebook_configs_use_the_sweep_choice_like_the_cli(name, tmp_path):
     """The configs a notebook builds (its own code) are the ones the CLI computes, including the
     mnemonics settings the sweep chose: otherwise `make figures` asks for runs nobody computes."""
-    choice = {"chosen": {"inner_lr": 0.01, "outer_lr": 100.0, "inner_steps": 1}}
+    # a choice made for the outer step the runs use (one made for another step is ignored)
+    choice = {"chosen": {"inner_lr": 0.01, "outer_lr": 100.0, "inner_steps": 1},
+              "step": MnemonicsSettings().step}
     (tmp_path / "sweeps" / "mnemonics").mkdir(parents=True)
     (tmp_path / "sweeps" / "mnemonics" / "choice.json").write_text(json.dumps(choice))
     params = {**study.NOTEBOOK_DEFAULTS[name], "results_dir": str(tmp_path)}
