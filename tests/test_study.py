@@ -3,6 +3,7 @@ runner (cached / computed / missing / failed / skipped), paper numbers and the r
 import json
 import math
 import os
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -492,17 +493,27 @@ def test_results_dir_without_the_sweeps_choice_is_refused(tmp_path):
     import subprocess
     import sys
 
+    from mnemonics_lib.config import MnemonicsSettings
+
     root = Path(__file__).resolve().parent.parent
+    choice = json.dumps({"chosen": {"inner_lr": 0.01, "outer_lr": 100.0, "inner_steps": 1},
+                         "step": MnemonicsSettings().step})
+    for name in ("default", "seeded"):
+        (tmp_path / name / "sweeps" / "mnemonics").mkdir(parents=True)
+        (tmp_path / name / "sweeps" / "mnemonics" / "choice.json").write_text(choice)
     cmd = [sys.executable, str(root / "scripts" / "study.py"), "results", "--profile", "quick", "--dry-run",
-           "--match", "lucir_mnemonics-N5-s1993", "--results-dir"]
-    out = subprocess.run(cmd + [str(tmp_path / "empty")], capture_output=True, text=True, cwd=root)
+           "--match", "lucir_mnemonics-N5-s1993", "--set", f"results_dir={tmp_path / 'default'}"]
+    out = subprocess.run(cmd + ["--results-dir", str(tmp_path / "empty")], capture_output=True, text=True,
+                         cwd=root)
     assert out.returncode != 0 and "lacks the mnemonics sweep's choice" in out.stderr
-    seeded = tmp_path / "seeded" / "sweeps" / "mnemonics"
-    seeded.mkdir(parents=True)
-    (seeded / "choice.json").write_text((root / "results" / "sweeps" / "mnemonics" / "choice.json").read_text())
-    out = subprocess.run(cmd + [str(tmp_path / "seeded")], capture_output=True, text=True, cwd=root)
-    assert out.returncode == 0, out.stderr
-    assert "missing  runs/caltech100-lucir_mnemonics-N5-s1993-quick [8f580928dfe8]" in out.stdout  # same hash
+    listed = re.compile(r"missing  runs/caltech100-lucir_mnemonics-N5-s1993-quick \[(\w+)\]")
+    seeded = subprocess.run(cmd + ["--results-dir", str(tmp_path / "seeded")], capture_output=True,
+                            text=True, cwd=root)
+    assert seeded.returncode == 0, seeded.stderr
+    default = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    assert default.returncode == 0, default.stderr
+    hashes = listed.findall(seeded.stdout)
+    assert hashes and hashes == listed.findall(default.stdout)  # the same configs, the same hashes
 
 
 def _dies_once_on_seed_2(task, root, device, threads):
