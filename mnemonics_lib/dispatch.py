@@ -305,9 +305,11 @@ def _run_local(todo: Sequence[Any], root: str, device: str | None, settings: Dis
 
 
 def require_sbatch() -> None:
-    if shutil.which("sbatch") is None:
-        raise DispatchError("--executor slurm: no `sbatch` on PATH; run on a Slurm login node, or use "
-                            "--executor local")
+    """Slurm's client commands (submitit submits with sbatch and runs each task under srun)."""
+    absent = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+    if absent:
+        raise DispatchError(f"--executor slurm: no `{'`, `'.join(absent)}` on PATH; run on a Slurm login node, "
+                            f"or use --executor local")
 
 
 def slurm_executor(settings: DispatchSettings) -> submitit.SlurmExecutor:
