@@ -173,6 +173,24 @@ def dispatch_settings(args: argparse.Namespace):
                                      wait=not args.no_wait)
 
 
+def cmd_cost(args: argparse.Namespace) -> int:
+    """GPU-hours of the selected runs, from the costs measured in results/ (mnemonics_lib.grid_cost)."""
+    from mnemonics_lib import grid_cost
+
+    params = load_params(args.profile, args.set)
+    root = notebook_path(params.get("results_dir", "../results"))
+    tasks = _selected(params, args)
+    model = grid_cost.CostModel.from_ledger(root)
+    cost = grid_cost.grid_cost([t.config for t in tasks], model)
+    print(f"{args.profile} {','.join(sorted({t.config.dataset for t in tasks}))}: {cost.line()}")
+    if args.verbose:
+        for t in tasks:
+            est = model.estimate(t.config)
+            print(f"  {t.describe()}: " + (f"{(est.phase0_s + est.incremental_s) / 3600:.2f} h ({est.basis})"
+                                           if est else "no measured basis"))
+    return 0
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     import papermill as pm
 
@@ -289,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="read and write runs here instead of the profile's results_dir (a lent GPU machine "
                         "uses an ignored folder: a second call on the warm machine still finds its runs)")
     r.set_defaults(func=cmd_results)
+    c = sub.add_parser("cost", help="GPU-hours of the selected runs from the costs measured in results/")
+    c.add_argument("--profile", default="quick")
+    c.add_argument("--only", help="comma-separated artifacts, e.g. table1")
+    c.add_argument("--match", default=None)
+    c.add_argument("--first", type=int, default=None)
+    c.add_argument("--verbose", action="store_true", help="each run's estimate and its basis")
+    c.set_defaults(func=cmd_cost)
     f = sub.add_parser("figures", help="execute every notebook with params/<profile>.yaml")
     f.add_argument("--profile", default="quick")
     f.add_argument("--only", help="comma-separated notebook names (or name-variant)")
@@ -304,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--profile", default="quick")
     m.add_argument("--readme", default=str(ROOT / "README.md"), help="the file to rewrite")
     m.set_defaults(func=cmd_readme)
-    for p in (r, f, m):
+    for p in (r, c, f, m):
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a parameter of the params file (repeatable; VALUE is YAML), "
                             "e.g. --set dataset=cifar100 --set 'seeds=[1993]'")
