@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= quick
 JOBS ?= 1
+# EXECUTOR=slurm (or local, debug): where `make results` runs its runs (docs/cluster.md); default local
+EXECUTOR ?=
 # SET="dataset=cifar100 seeds=[1993]": parameters overriding params/$(PROFILE).yaml (results, figures)
 SET ?=
 SETS := $(foreach s,$(SET),--set '$(s)')
@@ -30,7 +32,7 @@ figures: setup
 	$(PY) scripts/study.py readme --profile $(PROFILE) $(SETS)
 
 results: setup
-	$(PY) scripts/study.py results --profile $(PROFILE) --jobs $(JOBS) $(SETS)
+	$(PY) scripts/study.py results --profile $(PROFILE) --jobs $(JOBS) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(SETS)
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -311,14 +311,28 @@ def _lock_holder(lock: Path) -> dict[str, Any] | None:
         return None
 
 
+def slurm_job_id() -> str | None:
+    """This process's Slurm job (``<array job>_<task>`` for an array task); None outside Slurm. A
+    requeued job keeps it: that is how a run lock recognises its own job's earlier attempt."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
 def _lock_is_stale(lock: Path, holder: dict[str, Any] | None) -> bool:
-    """A lock whose process is gone (same host, pid not running), or an unreadable one older than
-    a minute (its writer died between creating and filling it). Another host's lock is trusted."""
+    """A lock whose process is gone (same host, pid not running), one left by an earlier attempt of
+    this same Slurm job (preempted or timed out, then requeued, perhaps onto another node), or an
+    unreadable one older than a minute (its writer died between creating and filling it). Another
+    host's lock is otherwise trusted."""
     if holder is None:
         try:
             return time.time() - lock.stat().st_mtime > 60
         except OSError:
             return True
+    job = slurm_job_id()
+    if job is not None and holder.get("slurm_job") == job:
+        return True
     if holder.get("host") != socket.gethostname():
         return False
     try:
@@ -352,11 +366,15 @@ def computing_lock(study_dir: Path, name: str) -> Iterator[Path]:
                 took_over = True
                 continue
             who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started_utc')}"
+                   + (f" (Slurm job {holder['slurm_job']})" if holder.get("slurm_job") else "")
                    if holder else "an unknown process")
             raise RunBusyError(f"{study_dir.name}/{name} is being computed by {who}; wait for it, or "
                                f"delete {lock} if that process no longer runs") from None
         with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started_utc": _utc_now()}, f)
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "started_utc": _utc_now()}
+            if slurm_job_id() is not None:
+                holder["slurm_job"] = slurm_job_id()
+            json.dump(holder, f)
         break
     else:
         raise RunBusyError(f"could not create {lock}")

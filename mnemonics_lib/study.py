@@ -14,11 +14,9 @@ and exemplars for the t-SNE and image figures).
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import functools
 import logging
-import multiprocessing
 import os
 import time
 import warnings
@@ -552,10 +550,13 @@ def select_tasks(tasks: Sequence[Task], only: Iterable[str] | None) -> list[Task
 @dataclass
 class Outcome:
     task: Task
-    status: str  # cached | copied | computed | missing | busy | failed | skipped
+    status: str  # cached | copied | computed | missing | busy | failed | skipped | submitted
     record: Any = None  # results.RunRecord
     error: str | None = None
     wall_s: float = 0.0
+    log: str | None = None  # the job's log file (local and slurm executors)
+    log_tail: str = ""
+    job_id: str | None = None
 
 
 def _resolve_device(device: str | None) -> str | None:
@@ -572,18 +573,6 @@ def compute_task(task: Task, root: str | os.PathLike, device: str | None = "auto
     from .trainer import run_incremental
 
     return results.run_or_load(task.config, lambda c: run_incremental(c, dev), root, study=task.study)
-
-
-def _worker(task: Task, root: str, device: str | None, threads: int | None):
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO,
-                        format=f"[worker {os.getpid()}] %(levelname)s %(name)s: %(message)s")
-    t0 = time.perf_counter()
-    rec = compute_task(task, root, device)
-    return rec, time.perf_counter() - t0
 
 
 def launch_order(tasks: Sequence[Task], jobs: int) -> list[Task]:
@@ -603,18 +592,23 @@ def launch_order(tasks: Sequence[Task], jobs: int) -> list[Task]:
     return first + rest
 
 
-def run_tasks(tasks: Sequence[Task], root: str | os.PathLike, device: str | None = "auto", jobs: int = 1,
+def run_tasks(tasks: Sequence[Task], root: str | os.PathLike, device: str | None = "auto",
+              jobs: int | None = None,
               compute_missing: bool = True, time_limit: float | None = None, threads: int | None = None,
-              progress: Any = None) -> list[Outcome]:
-    """Load every cached task; compute the missing ones (``jobs`` > 1: a spawn process pool, one
-    task per worker at a time; safe because the ledger publishes runs atomically).
+              progress: Any = None, executor: str | None = None,
+              settings: "dispatch.DispatchSettings | None" = None, bar: bool = False) -> list[Outcome]:
+    """Load every cached task; compute the missing ones through :mod:`mnemonics_lib.dispatch`
+    (``executor``: local | slurm | debug, default ``$MNEMONICS_EXECUTOR`` or local; ``jobs``
+    concurrent local runs; ``settings`` for everything else, e.g. the Slurm options).
 
-    ``time_limit`` (seconds): no new computation starts after it; those tasks come back
-    ``skipped``. Failures come back ``failed`` with the error text (the others still run); a run
-    another process is computing right now comes back ``busy``.
+    Only what the ledger lacks is sent: a resubmitted grid computes its missing and failed runs
+    and loads the rest. ``time_limit`` (seconds): no new computation starts after it; those tasks
+    come back ``skipped``. Failures come back ``failed`` with the error text, the job's log and
+    its tail (the others still run); a run another process is computing right now comes back
+    ``busy``; a Slurm array not waited for, ``submitted``.
     Returns one :class:`Outcome` per task, in the order given.
     """
-    from . import results
+    from . import dispatch, results
 
     t_start = time.perf_counter()
     say = progress or (lambda msg: log.info("%s", msg))
@@ -634,126 +628,26 @@ def run_tasks(tasks: Sequence[Task], root: str | os.PathLike, device: str | None
                 outcomes[t.key] = Outcome(t, "missing", error=str(e))
         else:
             outcomes[t.key] = Outcome(t, "cached", rec)
-    todo = launch_order(list({t.key: t for t in todo}.values()), jobs)
+    settings = settings or dispatch.DispatchSettings()
+    settings = dataclasses.replace(settings, executor=dispatch.resolve_executor(executor or settings.executor),
+                                   jobs=settings.jobs if jobs is None else jobs,
+                                   threads=threads or settings.threads)
+    todo = launch_order(list({t.key: t for t in todo}.values()), settings.jobs)
     if todo:
-        say(f"{len(outcomes)} cached, {len(todo)} to compute with {jobs} worker(s)")
+        say(f"{len(outcomes)} cached, {len(todo)} to compute ({settings.executor} executor, "
+            f"{settings.jobs} at a time)" if settings.executor == "local" else
+            f"{len(outcomes)} cached, {len(todo)} to compute ({settings.executor} executor)")
 
     def expired() -> bool:
         return time_limit is not None and time.perf_counter() - t_start > time_limit
 
-    if jobs <= 1:
-        for i, t in enumerate(todo):
-            if expired():
-                outcomes[t.key] = Outcome(t, "skipped", error="time limit reached")
-                continue
-            say(f"[{i + 1}/{len(todo)}] computing {t.describe()}")
-            t0 = time.perf_counter()
-            try:
-                rec = compute_task(t, root, device)
-                outcomes[t.key] = Outcome(t, "computed", rec, wall_s=time.perf_counter() - t0)
-            except results.RunBusyError as e:  # another process computes it: not a failure
-                outcomes[t.key] = Outcome(t, "busy", error=str(e))
-                say(f"BUSY {t.describe()}: {e}")
-            except Exception as e:  # noqa: BLE001 - reported per task, the batch goes on
-                log.exception("task %s failed", t.describe())
-                outcomes[t.key] = Outcome(t, "failed", error=f"{type(e).__name__}: {e}")
-    else:
-        _run_pool(todo, outcomes, str(root), device, jobs, threads, expired, say)
+    for r in dispatch.dispatch(todo, root, device, settings, say, expired, bar=bar):
+        rec = None
+        if r.status == "computed":  # the ledger is the join point: read back what the job published
+            rec = results.require_cached(r.task.config, root, study=r.task.study)
+        outcomes[r.task.key] = Outcome(r.task, r.status, rec, error=r.error, wall_s=r.wall_s, log=r.log,
+                                       log_tail=r.log_tail, job_id=r.job_id)
     return [outcomes[t.key] for t in tasks]
-
-
-def _run_pool(todo, outcomes, root, device, jobs, threads, expired, say, worker=None) -> None:
-    """Compute ``todo`` in a spawn pool of ``jobs`` workers.
-
-    A worker killed from outside (the OS's out-of-memory killer, seen 2026-11-26 with four
-    training processes on 24 GB) breaks the whole pool, and with it every task in flight. Those
-    tasks are queued again once, in a new pool with one worker fewer (less memory at once); they
-    resume from their phase checkpoints. A task lost a second time fails.
-    """
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    queue, retried, counter, idle_breaks = list(todo), set(), [0], 0
-    while queue and not expired():
-        broken, lost = _pool_pass(queue, outcomes, root, device, jobs, threads, expired, say, len(todo),
-                                  counter, worker or _worker)
-        if not broken:
-            break
-        idle_breaks = 0 if lost else idle_breaks + 1
-        if idle_breaks >= 2:  # pools that break before any task runs: no progress is possible
-            for t in queue:
-                outcomes[t.key] = Outcome(t, "failed", error=POOL_BROKEN)
-            say(f"FAILED {len(queue)} task(s): {POOL_BROKEN}, twice before any task ran")
-            return
-        again = [t for t in lost if t.key not in retried]
-        for t in lost:
-            if t.key in retried:
-                outcomes[t.key] = Outcome(t, "failed", error=POOL_BROKEN)
-                say(f"FAILED {t.describe()}: {POOL_BROKEN} (its second try)")
-        retried.update(t.key for t in again)
-        queue[:0] = again
-        jobs = max(1, jobs - 1)
-        say(f"{POOL_BROKEN}: {len(lost)} task(s) in flight lost, {len(again)} queued again (they resume "
-            f"from their phase checkpoints) in a new pool of {jobs} worker(s)")
-    for t in queue:
-        outcomes[t.key] = Outcome(t, "skipped", error="time limit reached")
-
-
-POOL_BROKEN = ("a worker process died (killed from outside, e.g. by the out-of-memory killer: see "
-               "`dmesg`; fewer --jobs need less memory)")
-
-
-def _pool_pass(queue, outcomes, root, device, jobs, threads, expired, say, total, counter,
-               worker) -> tuple[bool, list[Task]]:
-    """Run the queue through one pool: (whether a worker died, the tasks lost with it)."""
-    from concurrent.futures.process import BrokenProcessPool
-
-    from . import results
-
-    def collect(fut: cf.Future, t: Task) -> bool:
-        """Record a finished task's outcome; False when the pool broke under it."""
-        try:
-            rec, wall = fut.result()
-            outcomes[t.key] = Outcome(t, "computed", rec, wall_s=wall)
-            say(f"done {t.describe()} in {wall:.0f}s")
-        except BrokenProcessPool:
-            return False
-        except results.RunBusyError as e:
-            outcomes[t.key] = Outcome(t, "busy", error=str(e))
-            say(f"BUSY {t.describe()}: {e}")
-        except Exception as e:  # noqa: BLE001 - reported per task, the batch goes on
-            outcomes[t.key] = Outcome(t, "failed", error=f"{type(e).__name__}: {e}")
-            say(f"FAILED {t.describe()}: {type(e).__name__}: {e}")
-        return True
-
-    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-    running: dict[cf.Future, Task] = {}
-    broken = False
-    try:
-        while (queue or running) and not broken:
-            while queue and len(running) < jobs and not expired():
-                try:
-                    fut = pool.submit(worker, queue[0], root, device, threads)
-                except BrokenProcessPool:  # the task never started: it stays queued
-                    broken = True
-                    break
-                t = running[fut] = queue.pop(0)
-                counter[0] += 1
-                say(f"[{counter[0]}/{total}] starting {t.describe()}")
-            if not running:
-                break
-            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            lost = []
-            for fut in done:
-                t = running.pop(fut)
-                if not collect(fut, t):
-                    lost.append(t)
-            if lost or broken:
-                # a worker died: every task still running ends with the pool (finished ones are kept)
-                cf.wait(running)
-                lost += [t for fut, t in running.items() if not collect(fut, t)]
-                return True, lost
-        return broken, []
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Records(list):
@@ -825,9 +719,10 @@ def run_configs(configs: Sequence[RunConfig | Task], root: str | os.PathLike, de
     order = [t.config.config_hash() for t in tasks]
     if mode == "compute":
         outs = run_tasks(tasks, root, device, jobs=jobs)
-        failed = [o for o in outs if o.status != "cached" and o.status != "computed"]
+        failed = [o for o in outs if o.status not in ("cached", "copied", "computed")]
         if failed:
-            raise RuntimeError("; ".join(f"{o.task.describe()}: {o.error}" for o in failed))
+            raise RuntimeError("; ".join(f"{o.task.describe()}: {o.status}: {o.error}"
+                                         + (f" (log: {o.log})" if o.log else "") for o in failed))
         return Records([o.record for o in outs], order=order, study=study, root=root, mode=mode)
     found, absent = [], []
     for t in tasks:
@@ -882,9 +777,12 @@ def snapshot_records(configs: Sequence[RunConfig], root: str | os.PathLike, devi
     mode = missing_mode(missing, compute_missing)
     order = [c.config_hash() for c in configs]
     kw = {"order": order, "study": STUDY_SNAPSHOTS, "root": root}
-    if mode == "compute":
-        return Records([snapshot(c, None, root, device=_resolve_device(device)) for c in configs],
-                       mode=mode, **kw)
+    if mode == "compute":  # computed through the dispatch layer, then read back and checked
+        outs = run_tasks([Task(c, STUDY_SNAPSHOTS, "snapshot") for c in configs], root, device)
+        failed = [o for o in outs if o.status not in ("cached", "computed")]
+        if failed:
+            raise RuntimeError("; ".join(f"{o.task.describe()}: {o.status}: {o.error}" for o in failed))
+        return Records([snapshot(c, None, root, compute_missing=False) for c in configs], mode=mode, **kw)
     found, absent = [], []
     for c in configs:
         try:

@@ -2,6 +2,8 @@
 """The study's command line: compute the runs every notebook needs, or execute the notebooks.
 
     python scripts/study.py results --profile quick --jobs 2 --time-limit 36000
+    python scripts/study.py results --profile paper --set dataset=cifar100 --only table1 \
+        --executor slurm --partition gpu --gpus-per-run 1 --time-min 720 --array-parallelism 45
     python scripts/study.py results --profile quick --only table1,figure4_curves --dry-run
     python scripts/study.py figures --profile quick
     python scripts/study.py readme --profile quick
@@ -9,7 +11,10 @@
 
 ``results`` reads ``params/<profile>.yaml``, enumerates every run of every notebook in priority
 order (``mnemonics_lib.study.all_configs``) and computes the missing ones (resumable: finished runs
-are cached by config hash, a crashed run resumes from its last phase checkpoint). ``figures``
+are cached by config hash, a crashed run resumes from its last phase checkpoint) through
+``mnemonics_lib.dispatch``: ``--executor local`` (default; every run its own process, ``--jobs`` at
+a time), ``slurm`` (one job array, requeued on preemption or timeout; docs/cluster.md) or ``debug``
+(in this process); ``MNEMONICS_EXECUTOR`` sets the default. ``figures``
 executes every notebook with Papermill into ``build/notebooks/`` (the notebooks write tables and
 figures into the params file's ``figures_dir``) with the params file's ``missing`` (``skip`` in
 quick.yaml and paper.yaml: render what ``results/`` holds, list what is missing, compute nothing;
@@ -18,6 +23,7 @@ quick.yaml and paper.yaml: render what ``results/`` holds, list what is missing,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -90,8 +96,9 @@ def _selected(params: dict, args: argparse.Namespace) -> list:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from mnemonics_lib import study
+    from mnemonics_lib import dispatch, study
 
+    settings = dispatch_settings(args)  # bad executor flags fail before anything is enumerated
     params = load_params(args.profile, args.set)
     if args.results_dir:
         default_root = notebook_path(params.get("results_dir", "../results"))
@@ -123,22 +130,65 @@ def cmd_results(args: argparse.Namespace) -> int:
         # The sweep chooses the mnemonics meta-hyperparameters every other mnemonics run uses:
         # run it first, store the choice, then enumerate the remaining runs with it.
         print(f"sweep first: {len(sweep)} runs choose the mnemonics defaults")
-        outs = study.run_tasks(sweep, root, device=args.device, jobs=args.jobs, time_limit=limit,
-                               threads=args.threads, progress=print)
+        outs = study.run_tasks(sweep, root, device=args.device, time_limit=limit, progress=print,
+                               settings=dataclasses.replace(settings, wait=True), bar=True)
         if all(o.status in ("cached", "copied", "computed") for o in outs):
             choice = study.choose_mnemonics(params)
             print(f"chosen mnemonics settings: {choice['chosen']}")
             tasks = _selected(params, args)  # the mnemonics runs now use the choice
         if limit is not None:
             limit = max(0.0, limit - (time.perf_counter() - t0))
-    outs = study.run_tasks(tasks, root, device=args.device, jobs=args.jobs, time_limit=limit,
-                           threads=args.threads, progress=print)
+    outs = study.run_tasks(tasks, root, device=args.device, time_limit=limit, progress=print,
+                           settings=settings, bar=True)
     counts = Counter(o.status for o in outs)
     for o in outs:
         if o.status == "failed":
-            print(f"FAILED {o.task.describe()}: {o.error}")
+            print(dispatch.failure_report(o))
     print(f"{dict(counts)} in {time.perf_counter() - t0:.0f} s")
+    if counts.get("failed"):
+        print(f"{counts['failed']} run(s) failed; the same command sends only them (and anything else "
+              f"missing) again: the runs that finished are loaded from {root}")
+    if counts.get("submitted"):
+        print(f"{counts['submitted']} run(s) queued on Slurm; the same command (without --no-wait) waits for "
+              f"them, loads what finished and sends only what failed")
     return 1 if counts.get("failed") else 0
+
+
+def dispatch_settings(args: argparse.Namespace):
+    """The dispatch settings of ``results``' flags; bad ones exit with one line naming the fix."""
+    from mnemonics_lib import dispatch
+
+    try:
+        executor = dispatch.resolve_executor(args.executor)
+        if executor == "slurm":
+            dispatch.require_sbatch()
+    except dispatch.DispatchError as e:
+        raise SystemExit(str(e)) from None
+    slurm = dispatch.SlurmOptions(
+        partition=args.partition, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+        mem_gb=args.mem_gb, time_min=args.time_min, array_parallelism=args.array_parallelism,
+        account=args.account, qos=args.qos, setup=tuple(args.slurm_setup or ()))
+    return dispatch.DispatchSettings(executor=executor, jobs=args.jobs, threads=args.threads, slurm=slurm,
+                                     folder=Path(args.log_dir) if args.log_dir else None,
+                                     wait=not args.no_wait)
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    """GPU-hours of the selected runs, from the costs measured in results/ (mnemonics_lib.grid_cost)."""
+    from mnemonics_lib import grid_cost
+
+    params = load_params(args.profile, args.set)
+    root = notebook_path(params.get("results_dir", "../results"))
+    tasks = _selected(params, args)
+    model = grid_cost.CostModel.from_ledger(root)
+    cost = grid_cost.grid_cost([t.config for t in tasks], model)
+    print(f"{args.profile} {','.join(sorted({t.config.dataset for t in tasks}))}: {cost.line()}")
+    if args.verbose:
+        for t in tasks:
+            est = model.estimate(t.config)
+            print(f"  {t.describe()}: " + (f"{(est.phase0_s + est.incremental_s) / 3600:.2f} h ({est.basis})"
+                                           if est else "no measured basis"))
+    return 0
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
@@ -222,7 +272,27 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("results", help="compute the missing runs of every notebook (priority order)")
     r.add_argument("--profile", default="quick", help="params/<profile>.yaml (smoke | quick | paper)")
-    r.add_argument("--jobs", type=int, default=1, help="worker processes (one run each at a time)")
+    r.add_argument("--jobs", type=int, default=1, help="local executor: runs at a time, each its own process "
+                                                       "(and its own GPU when runs go to CUDA)")
+    r.add_argument("--executor", default=None, help="local | slurm | debug (default: $MNEMONICS_EXECUTOR, "
+                                                    "else local); see docs/cluster.md")
+    r.add_argument("--log-dir", default=None, help="submitit's job files and logs (default: "
+                                                   "checkpoints/submitit, ignored by git; on Slurm a shared disk)")
+    s_ = r.add_argument_group("slurm (with --executor slurm)")
+    s_.add_argument("--partition", default=None)
+    s_.add_argument("--account", default=None)
+    s_.add_argument("--qos", default=None)
+    s_.add_argument("--gpus-per-run", type=int, default=1)
+    s_.add_argument("--cpus-per-run", type=int, default=8, help="also the torch threads of each run")
+    s_.add_argument("--mem-gb", type=int, default=None)
+    s_.add_argument("--time-min", type=int, default=12 * 60,
+                    help="each array task's time limit (minutes); at it the run is requeued and resumes "
+                         "from its last phase checkpoint (at most 3 times)")
+    s_.add_argument("--array-parallelism", type=int, default=64, help="array tasks running at once")
+    s_.add_argument("--slurm-setup", action="append", metavar="LINE",
+                    help="shell line run before each task, e.g. 'module load cuda' (repeatable)")
+    s_.add_argument("--no-wait", action="store_true",
+                    help="return once the array is queued (the same command later loads what finished)")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda")
     r.add_argument("--only", help="comma-separated artifacts, e.g. table1,figure1_tsne")
     r.add_argument("--time-limit", type=float, default=None, help="seconds; no new run starts after it")
@@ -237,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="read and write runs here instead of the profile's results_dir (a lent GPU machine "
                         "uses an ignored folder: a second call on the warm machine still finds its runs)")
     r.set_defaults(func=cmd_results)
+    c = sub.add_parser("cost", help="GPU-hours of the selected runs from the costs measured in results/")
+    c.add_argument("--profile", default="quick")
+    c.add_argument("--only", help="comma-separated artifacts, e.g. table1")
+    c.add_argument("--match", default=None)
+    c.add_argument("--first", type=int, default=None)
+    c.add_argument("--verbose", action="store_true", help="each run's estimate and its basis")
+    c.set_defaults(func=cmd_cost)
     f = sub.add_parser("figures", help="execute every notebook with params/<profile>.yaml")
     f.add_argument("--profile", default="quick")
     f.add_argument("--only", help="comma-separated notebook names (or name-variant)")
@@ -252,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--profile", default="quick")
     m.add_argument("--readme", default=str(ROOT / "README.md"), help="the file to rewrite")
     m.set_defaults(func=cmd_readme)
-    for p in (r, f, m):
+    for p in (r, c, f, m):
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a parameter of the params file (repeatable; VALUE is YAML), "
                             "e.g. --set dataset=cifar100 --set 'seeds=[1993]'")

@@ -36,3 +36,16 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _in_process_runs():
+    """Grids run in the test's own process (the ``debug`` executor) unless a test asks for another:
+    a monkeypatched ``study.compute_task`` must be the one that runs. tests/test_dispatch.py runs
+    the local executor (a process per run) and the Slurm submission explicitly."""
+    import os
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MNEMONICS_EXECUTOR", os.environ.get("MNEMONICS_EXECUTOR_TESTS", "debug"))
+    yield
+    mp.undo()

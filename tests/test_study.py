@@ -370,16 +370,6 @@ def test_nothing_cached_renders_every_cell_not_run(tmp_path):
     for fig in (report.plot_tsne(srecs), report.plot_margins(srecs), report.plot_exemplar_grid(srecs)):
         assert "NOT RUN: none of its 3 runs" in fig.axes[0].texts[0].get_text()
 
-@pytest.mark.slow
-def test_process_pool_computes_real_runs(tmp_path):
-    """Two real smoke runs through the spawn pool, then loaded from the ledger."""
-    cs = study.table1_configs("synthetic", 1, [1993], ["lwf", "lucir"], "smoke", epochs_override=1)
-    outs = study.run_tasks([study.Task(c) for c in cs], tmp_path, device="cpu", jobs=2)
-    assert [o.status for o in outs] == ["computed", "computed"], [o.error for o in outs]
-    again = study.run_configs(cs, tmp_path, compute_missing=False)
-    assert [r.metrics["aia_cnn"] for r in again] == [o.record.metrics["aia_cnn"] for o in outs]
-
-
 # ------------------------------------------------------------------ snapshots
 def test_margins_on_hand_made_features():
     means = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -514,45 +504,6 @@ def test_results_dir_without_the_sweeps_choice_is_refused(tmp_path):
     assert default.returncode == 0, default.stderr
     hashes = listed.findall(seeded.stdout)
     assert hashes and hashes == listed.findall(default.stdout)  # the same configs, the same hashes
-
-
-def _dies_once_on_seed_2(task, root, device, threads):
-    """A pool worker that is killed (as by the OOM killer) the first time it gets seed 2's task."""
-    marker = Path(root) / "killed-once"
-    if task.config.seed == 2 and not marker.exists():
-        marker.write_text("")
-        os._exit(9)
-    return study._worker(task, root, device, threads)
-
-
-@pytest.mark.slow
-def test_a_killed_worker_loses_no_task_the_pool_is_rebuilt_and_they_run_again(tmp_path):
-    cs = [study.make_run("lwf", dataset="synthetic", phases=1, seed=s, profile="smoke", epochs_override=1)
-          for s in (1, 2, 3)]
-    tasks, outcomes, said = [study.Task(c) for c in cs], {}, []
-    study._run_pool(tasks, outcomes, str(tmp_path), "cpu", 2, 1, lambda: False, said.append,
-                    worker=_dies_once_on_seed_2)
-    assert [outcomes[t.key].status for t in tasks] == ["computed"] * 3, [outcomes[t.key].error for t in tasks]
-    broke = [m for m in said if m.startswith(study.POOL_BROKEN)]
-    assert len(broke) == 1 and "in a new pool of 1 worker(s)" in broke[0]
-    assert (tmp_path / "killed-once").exists()
-
-
-def _always_dies_on_seed_2(task, root, device, threads):
-    if task.config.seed == 2:
-        os._exit(9)
-    return study._worker(task, root, device, threads)
-
-
-@pytest.mark.slow
-def test_a_task_that_kills_its_worker_twice_fails_and_the_others_still_run(tmp_path):
-    cs = [study.make_run("lwf", dataset="synthetic", phases=1, seed=s, profile="smoke", epochs_override=1)
-          for s in (2, 3)]
-    tasks, outcomes, said = [study.Task(c) for c in cs], {}, []
-    study._run_pool(tasks, outcomes, str(tmp_path), "cpu", 2, 1, lambda: False, said.append,
-                    worker=_always_dies_on_seed_2)
-    assert [outcomes[t.key].status for t in tasks] == ["failed", "computed"]
-    assert outcomes[tasks[0].key].error == study.POOL_BROKEN
 
 
 def test_an_interrupted_snapshot_run_resumes_with_the_phases_it_had_recorded(tmp_path, monkeypatch):
