@@ -662,7 +662,8 @@ def plot_phase_curves(records: Sequence[Any], methods: Sequence[str] | None = No
     palette = dict(zip(order, sns.color_palette(n_colors=len(order))))
     ref = "reference: NME, all-data class means"
     ns = sorted(set(df["phases"]) | set(miss["phases"]))
-    fig, panels, spare = _panel_grid(plt, len(ns), sharey=True)
+    fig, panels, spare = _panel_grid(plt, max(len(ns), 2), sharey=True)  # a lone panel keeps a legend slot
+    panels, spare = panels[:len(ns)], panels[len(ns):] + spare
     legend: dict[str, Any] = {}
     for ax, n in zip(panels, ns):
         sub = df[df["phases"] == n]
