@@ -787,7 +787,7 @@ def plot_margins(snapshot_records: Sequence[Any], missing: Sequence[Any] | None 
     order = list(dict.fromkeys(cfg["exemplars"] for _, cfg in _in_order(snapshot_records, missing)))
     absent = [_config_dict(c)["exemplars"] for c in missing]
     stages = list(dict.fromkeys(df["stage"]))
-    fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 4.2), squeeze=False, sharey=True)
     for ax, st in zip(axes[0], stages):
         sns.boxplot(data=df[df["stage"] == st], x="exemplars", y="margin", hue="kind", order=order,
                     hue_order=["real", "exemplar"], showfliers=False, ax=ax, legend=ax is axes[0][-1])
@@ -796,10 +796,10 @@ def plot_margins(snapshot_records: Sequence[Any], missing: Sequence[Any] | None 
             ax.text(order.index(x), 0.5, "not run", ha="center", va="center", color="0.45",
                     transform=ax.get_xaxis_transform())
         ax.set(title=st, xlabel="exemplar strategy",
-               ylabel="margin: cos(own mean) − max cos(other mean)")
+               ylabel="class margin\ncos(own mean) − max cos(other mean)")
     sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.01, 1.0), title="points", frameon=False)
-    fig.suptitle("Are exemplars near class boundaries? (lower margin = nearer; whiskers 1.5 IQR)"
-                 + _availability_title(len(snapshot_records), missing))
+    fig.suptitle("Are exemplars near class boundaries? (lower margin = nearer; whiskers 1.5 IQR)\n"
+                 + _availability_title(len(snapshot_records), missing).strip())
     fig.tight_layout()
     return fig
 
