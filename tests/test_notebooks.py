@@ -20,7 +20,7 @@ NB_DIR = ROOT / "notebooks"
 # execution order: later notebooks reuse the runs of earlier ones
 ORDER = ["table1", "figure4_curves", "forgetting", "ablation_exemplars", "sweep_mnemonics",
          "figure1_tsne", "exemplar_images"]
-S = "synthetic_smoke_N2"  # dataset, profile and N of params/smoke.yaml: every output is named by them
+S = "synthetic_smoke_N2_seeds1993"  # dataset, profile, N and seed of params/smoke.yaml: outputs are named by them
 EXPECTED = {  # files each notebook must write at smoke size
     "table1": [f"table1_{S}.md", f"table1_{S}.csv", f"table1_{S}.provenance.json"],
     "figure4_curves": [f"figure4_curves_{S}.png", f"figure4_curves_{S}.pdf", f"figure4_curves_{S}.provenance.json"],
