@@ -273,8 +273,8 @@ class HypergradientReplay(GraphReplay):
     as a CUDA graph and replayed for every later outer iteration.
 
     Why: a hypergradient of a ResNet-32 is ~1,000 small kernels issued from Python through
-    ``functional_call``; on an H200 one took ~100 ms, ~18 training steps (2026-11-26 benchmark),
-    far more than its arithmetic. Same ops on the same inputs: only the launching changes.
+    ``functional_call``; eagerly on a GPU its launching costs far more than its arithmetic (the
+    speed table in docs/study.md gives one outer iteration in training steps). Same ops on the same inputs: only the launching changes.
 
     The first call runs eagerly (a warm-up on a side stream, as the capture recipe asks); the
     second captures; the rest replay. ``backend`` is :class:`~mnemonics_lib.steps.CudaGraphBackend`

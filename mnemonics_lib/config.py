@@ -140,8 +140,8 @@ class MnemonicsSettings:
     ``heldout_fraction``: share of each new class's non-exemplar images kept out of the outer
     objective, on which the temporary model is scored before and after the optimisation
     (``mnemonics_heldout_before`` / ``_after`` in the run's per-phase metrics); 0 disables it.
-    The values of beta1, beta2 and K are the held-out sweep's choice (README, "Does the
-    mnemonics step act?").
+    The values of beta1, beta2 and K are the step probe's choice (docs/study.md, "Does the scaled
+    step act?", generated from ``results/diagnostics/mnemonics_probe/``).
     The three fields above are absent from the config hash at their earlier values ("plain", 0,
     0), so the runs cached before them keep their hashes."""
 

@@ -1,9 +1,9 @@
 """Dataset readers, each from its standard on-disk format, under a data root.
 
-Roots searched, in order: ``$MNEMONICS_DATA`` (if set), ``<project>/data``, and the offline copies
-in ``<project>/../shared/data``. 32x32 sets come back as :class:`ArrayData` (uint8 NHWC arrays held
-in memory, labels in *original* class ids); ImageNet-size sets as :class:`FolderData` (file lists
-read by a worker DataLoader). Class-order remapping happens later, in :mod:`protocol`.
+Roots searched: ``$MNEMONICS_DATA`` alone when it is set (an empty or missing folder is an error),
+else ``<project>/data``, then the offline copies in ``<project>/../shared/data``. 32x32 sets come
+back as :class:`ArrayData` (uint8 NHWC arrays held in memory, labels in *original* class ids);
+ImageNet-size sets as :class:`FolderData` (file lists read by a worker DataLoader). Class-order remapping happens later, in :mod:`protocol`.
 """
 from __future__ import annotations
 
@@ -71,11 +71,21 @@ class FolderData:
 
 
 def data_roots() -> list[Path]:
-    roots = []
-    if os.environ.get("MNEMONICS_DATA"):
-        roots.append(Path(os.environ["MNEMONICS_DATA"]))
-    roots += [PROJECT_ROOT / "data", PROJECT_ROOT.parent / "shared" / "data"]
-    return roots
+    """Where datasets are looked for. ``$MNEMONICS_DATA``, when set, is the only root: a folder
+    that does not exist or is empty is an error naming the fix, never a silent fall-back to the
+    default roots (``<project>/data``, then ``<project>/../shared/data``)."""
+    env = os.environ.get("MNEMONICS_DATA")
+    if env:
+        root = Path(env).expanduser()
+        if not root.is_dir():
+            raise DatasetError(f"MNEMONICS_DATA={env} is not a folder: point it at the folder that holds "
+                               f"the dataset folders (e.g. cifar-100-python/), or unset it to use "
+                               f"{PROJECT_ROOT / 'data'}")
+        if not any(root.iterdir()):
+            raise DatasetError(f"MNEMONICS_DATA={env} is empty: put the dataset folders there (e.g. "
+                               f"cifar-100-python/), or unset it to use {PROJECT_ROOT / 'data'}")
+        return [root]
+    return [PROJECT_ROOT / "data", PROJECT_ROOT.parent / "shared" / "data"]
 
 
 def _find(name: str, candidates: list[str], roots: list[Path] | None, how: str) -> Path:

@@ -96,10 +96,9 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad_value: torch.Tensor
 
 # images one preparation call handles in :func:`augmented_batches` on CUDA (32 batches of 128:
 # ~200 MB of float32 intermediates at 32x32). Per batch, gather + crop/flip + layout copy are ~12
-# small kernels that the GPU runs in series with the training step: 7-8 % of a graphed step on an
-# H100 (step profile, 2026-11-27); prepared for 32 batches at once they are 12 larger kernels.
-# On a CPU the same chunk is slower (4.8 vs 2.5 ms per batch of 128, 1 thread: the chunk leaves
-# the cache), so there a chunk is one batch.
+# small kernels that the GPU runs in series with the training step (a visible share of a graphed
+# step in the step profile, docs/study.md); prepared for 32 batches at once they are 12 larger
+# kernels. On a CPU the same chunk is slower (it leaves the cache), so there a chunk is one batch.
 PREP_CHUNK_IMAGES = 4096
 
 
@@ -144,8 +143,7 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, de
 
 def preferred_memory_format(device: torch.device | str) -> torch.memory_format:
     """channels_last on CUDA (faster cuDNN convolutions, bench.py measures it); the default NCHW
-    layout on CPU, where channels_last is no faster (41.1 vs 40.5 img/s, 2026-11-26 benchmark)
-    and where torch 2.14's weight gradient of a strided 1x1 convolution in channels_last corrupts
+    layout on CPU, where channels_last is no faster (bench.py) and where torch 2.14's weight gradient of a strided 1x1 convolution in channels_last corrupts
     the heap with 2+ threads and an odd batch size (an exemplar set's last batch; reproduced in
     tests/test_engine.py::test_two_threads_and_an_odd_last_batch_train_on_cpu)."""
     return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format

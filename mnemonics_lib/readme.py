@@ -1,9 +1,10 @@
-"""The README's generated blocks (Table 1, the exemplar ablation, mnemonics vs herding, the
-sweep grid, Fig. 1's margins, the two diagnostics), seed by seed, read from the run ledger, and
-the speed tables (:mod:`bench_readme`, from ``results/bench/``).
+"""The generated blocks of README.md (the headline, Table 1) and docs/study.md (Table 1 seed by
+seed, the exemplar ablation, mnemonics vs herding, the sweep grid, Fig. 1's margins, the
+diagnostics, the speed tables from ``results/bench/`` via :mod:`bench_readme`), read from the run
+ledger.
 
-The README shows every measured seed (not only mean ± std), the config hash and the device of
-each run, and the paired difference to LUCIR (herding). Typing those by hand went stale twice, so
+The blocks show every measured seed (not only mean ± std), the config hash and the device of
+each run, and the paired difference to LUCIR (herding), so no number is typed by hand:
 ``python scripts/study.py readme --profile quick`` (run by ``make figures``) rewrites the text
 between the markers
 
@@ -11,8 +12,9 @@ between the markers
     ...
     <!-- /generated: NAME -->
 
-and nothing else. :func:`replace_block` refuses a block the README lacks, naming the markers to
-add; the CLI writes only the blocks the README has and lists the others.
+and nothing else, in every file that has the markers. :func:`replace_block` refuses a block a
+file lacks, naming the markers to add; the CLI writes only the blocks the files have and lists
+the others.
 """
 from __future__ import annotations
 
@@ -315,6 +317,36 @@ def update(text: str, blocks: Mapping[str, str]) -> str:
     return text
 
 
+def update_files(texts: Mapping[str, str], blocks: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Every block into each text (path -> content) that has its markers: (the new texts, the
+    names of blocks no text has). The README holds the headline blocks, docs/study.md the rest."""
+    new = {path: update(text, {k: v for k, v in blocks.items() if BEGIN.format(k) in text})
+           for path, text in texts.items()}
+    absent = sorted(k for k in blocks if not any(BEGIN.format(k) in t for t in texts.values()))
+    return new, absent
+
+
+def headline_table(records: Iterable[Any], dataset: str, phases: Any, seeds: Sequence[int] = SEEDS,
+                   rows: Sequence[Row] = TABLE1_ROWS) -> str:
+    """The README's headline: Table 1 compressed to one cell per method and N (our mean AIA over the
+    seeds that ran, how many, and the paper's number with its tag, on the paper's dataset)."""
+    records = list(records)
+    ns = [int(n) for n in as_list(phases)]
+    paper_ds = paper_numbers.PAPER_DATASET.get(dataset)
+    head = "| method | " + " | ".join(f"N = {n}: ours ({dataset}) / paper ({paper_ds or 'none'})" for n in ns) + " |"
+    lines = [head, "|---|" + "---|" * len(ns)]
+    for row in rows:
+        cells = []
+        for n in ns:
+            got = _by_seed(records, row.spec, n, row.metric)
+            vals = [got[s][0] for s in seeds if s in got]
+            ours = (f"{statistics.mean(vals):.2f} ({len(vals)} of {len(seeds)} seeds)" if vals else "not run")
+            paper = paper_numbers.table1_number(row.spec, dataset, n)
+            cells.append(f"{ours} / {f'{paper.value:.2f} {paper.tag}' if paper else 'none'}")
+        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ every block of one profile
 def _variants_with(params: Mapping[str, Any], notebook: str) -> list[Mapping[str, Any]]:
     """The profile's parameters and those of each variant that renders ``notebook``."""
@@ -334,6 +366,8 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
         p = study.notebook_parameters("table1", vp)
         recs = study.run_configs(study.notebook_configs("table1", vp), root, missing="skip")
         blocks.update(table1_blocks(recs, p["dataset"], p["profile"], p["phases"], p["seeds"]))
+        blocks[f"headline-{p['dataset']}-{p['profile']}"] = headline_table(recs, p["dataset"], p["phases"],
+                                                                          as_list(p["seeds"]))
         comparisons += [Comparison(p["dataset"], int(n), "lucir_mnemonics", REFERENCE, recs)
                         for n in as_list(p["phases"])]
     for vp in _variants_with(params, "ablation_exemplars"):
@@ -368,8 +402,33 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
 
     blocks[f"mnemonics-probe-{params['dataset']}-{params['profile']}"] = probe_block(
         Path(root), params["dataset"], params["profile"])
+    blocks[f"runtimes-{params['profile']}"] = runtime_table(params, root)
     blocks.update(bench_readme.speed_blocks(Path(root) / "bench"))  # the same for every profile
     return blocks
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def runtime_table(params: Mapping[str, Any], root: Any) -> str:
+    """Per notebook of one profile: how many of its runs ``root`` holds and what computing them
+    took (``wall_s_total`` of each run's metrics; a resumed run counts every stretch), with the
+    devices. Rendering a notebook from cached runs takes seconds."""
+    lines = ["| notebook | runs in results/ | compute time of those runs: total (median per run) | devices |",
+             "|---|---|---|---|"]
+    for nb in study.NOTEBOOKS:
+        configs = study.notebook_configs(nb, params)
+        if nb in ("figure1_tsne", "exemplar_images"):
+            recs = study.snapshot_records(configs, root, missing="skip")
+        else:
+            where = study.STUDY_SWEEPS if nb == "sweep_mnemonics" else study.STUDY_RUNS
+            recs = study.run_configs(configs, root, missing="skip", study=where)
+        walls = [float(r.metrics.get("wall_s_total") or 0.0) for r in recs]
+        took = f"{_hours(sum(walls))} ({_hours(statistics.median(walls))})" if walls else ""
+        devices = ", ".join(sorted({_short_device(r.env.get("device")) for r in recs}))
+        lines.append(f"| `{nb}` | {len(recs)} of {recs.wanted} | {took} | {devices} |")
+    return "\n".join(lines)
 
 
 def probe_block(root: Path, dataset: str, profile: str) -> str:

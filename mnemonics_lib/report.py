@@ -1,6 +1,8 @@
 """Tables (Markdown + CSV) and seaborn figures (PNG + PDF) from ledger records, each saved with
-its provenance: a footer (figures) or a footer line (tables) and a sidecar JSON listing the config
-hashes, commits, devices, profile and dataset behind it.
+its provenance in a sidecar ``<name>.provenance.json`` (config hashes, commits, devices, profile,
+dataset, the runs not run). Files are named by what they hold (:func:`output_name`: artifact,
+dataset, profile, the phases N, the seeds when not the study's three), so executions with other
+parameters never overwrite each other's files.
 
 Inputs are :class:`mnemonics_lib.results.RunRecord` lists as returned by
 :func:`mnemonics_lib.study.run_configs` / :func:`~mnemonics_lib.study.snapshot_records`.
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import paper_numbers
-from .study import as_list, notebook_dir, spec_of
+from .study import SEEDS, as_list, notebook_dir, spec_of
 
 HEADLINE_HEAD = {"icarl": "nme"}  # iCaRL's classifier is NME; every other method's is the CNN head
 _TAG_LEGEND = ("Paper-number tags: [code] read in the authors' code; [3p] quoted by a third party; "
@@ -151,6 +153,23 @@ def _config_dict(c: Any) -> dict[str, Any]:
     return {**d, "config_hash": c.config_hash() if hasattr(c, "config_hash") else d["config_hash"]}
 
 
+def output_name(artifact: str, records: Sequence[Any], *, dataset: str, profile: str,
+                missing: Sequence[Any] | None = None) -> str:
+    """The file stem of an artifact, from the runs it asked for (found or not):
+    ``<artifact>_<dataset>_<profile>_N<n>[-<n>...]``, plus ``_seeds<s>[-<s>...]`` when the seeds are
+    not the study's three. E.g. ``table1_caltech100_quick_N5-10-25`` (``make figures``) and
+    ``table1_caltech100_quick_N10`` (``-p phases 10``) are two files."""
+    configs = [r.config for r in records] + [_config_dict(c) for c in missing_of(records, missing)]
+    name = f"{artifact}_{dataset}_{profile}"
+    ns = sorted({int(c["phases"]) for c in configs})
+    if ns:
+        name += "_N" + "-".join(map(str, ns))
+    seeds = sorted({int(c["seed"]) for c in configs})
+    if seeds and seeds != sorted(SEEDS):
+        name += "_seeds" + "-".join(map(str, seeds))
+    return name
+
+
 def missing_frame(missing: Sequence[Any]) -> pd.DataFrame:
     """One row per missing config: its spec and the config fields the tables group by."""
     rows = []
@@ -237,13 +256,14 @@ def provenance(records: Sequence[Any], *, artifact: str, profile: str, dataset: 
     }
 
 
-def footer(prov: dict[str, Any]) -> str:
+def footer(prov: dict[str, Any], name: str | None = None) -> str:
+    """One short line under a Markdown table: how many runs, and where the provenance is."""
     wanted = prov.get("n_runs_wanted", prov["n_runs"])
     runs = (f"{prov['n_runs']} runs" if wanted == prov["n_runs"]
             else f"{prov['n_runs']} of {wanted} runs ({wanted - prov['n_runs']} not run)")
-    return (f"{prov['artifact']} | dataset {prov['dataset']} | profile {prov['profile']} | "
-            f"{runs} (hashes in the sidecar .json) | commit {', '.join(prov['commits']) or '-'} | "
-            f"device {', '.join(prov['devices']) or '-'}")
+    where = f"`{name}{SIDECAR}`" if name else f"the sidecar `*{SIDECAR}`"
+    return (f"{prov['artifact']} | dataset {prov['dataset']} | profile {prov['profile']} | {runs} | "
+            f"provenance (config hashes, commits, devices) in {where}")
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
@@ -328,7 +348,9 @@ def table1(records: Sequence[Any], *, dataset: str, profile: str,
     if dataset != pds:
         what += " Different dataset: Δ is context, not a reproduction verdict."
     cap = _caption(what, dataset, profile, records, missing) + " " + _TAG_LEGEND
-    return Table(f"table1_{dataset}_{profile}", long, pd.DataFrame(rows), cap,
+    return Table(output_name("table1", records, dataset=dataset, profile=profile,
+                             missing=missing),
+                 long, pd.DataFrame(rows), cap,
                  provenance(records, artifact="table1", profile=profile, dataset=dataset, missing=missing))
 
 
@@ -373,7 +395,9 @@ def ablation_table(records: Sequence[Any], *, dataset: str, profile: str,
                    "fine-tuning where used). The paper's ablation numbers were not recovered, so there is "
                    "no paper column.",
                    dataset, profile, records, missing)
-    return Table(f"ablation_exemplars_{dataset}_{profile}", long, wide, cap,
+    return Table(output_name("ablation_exemplars", records, dataset=dataset, profile=profile,
+                             missing=missing),
+                 long, wide, cap,
                  provenance(records, artifact="ablation_exemplars", profile=profile, dataset=dataset,
                             missing=missing))
 
@@ -443,7 +467,9 @@ def forgetting_table(records: Sequence[Any], *, dataset: str, profile: str,
                    "head of the same runs, beside the authors' code README (CIFAR-100) [code]: its 'LwF' "
                    "rows are the CNN head and its 'iCaRL' rows the NME head of one run; 'w/ mnemonics' is "
                    "matched to our mnemonics and authors_code exemplars.", dataset, profile, records, missing)
-    return Table(f"forgetting_{dataset}_{profile}", long, pd.DataFrame(wide_rows), cap,
+    return Table(output_name("forgetting", records, dataset=dataset, profile=profile,
+                             missing=missing),
+                 long, pd.DataFrame(wide_rows), cap,
                  provenance(records, artifact="forgetting", profile=profile, dataset=dataset,
                             missing=missing))
 
@@ -467,7 +493,9 @@ def sweep_table(records: Sequence[Any], *, dataset: str, profile: str,
     cap = _caption("Mnemonics sensitivity sweep (LUCIR w/ mnemonics, one seed): AIA (%) over the inner "
                    "learning rate alpha, the exemplar learning rate beta1 and the unrolled steps K.",
                    dataset, profile, records, missing)
-    return Table(f"sweep_mnemonics_{dataset}_{profile}", long, wide, cap,
+    return Table(output_name("sweep_mnemonics", records, dataset=dataset, profile=profile,
+                             missing=missing),
+                 long, wide, cap,
                  provenance(records, artifact="sweep_mnemonics", profile=profile, dataset=dataset,
                             missing=missing))
 
@@ -517,7 +545,9 @@ def margin_table(snapshot_records: Sequence[Any], *, dataset: str, profile: str,
                    "exemplars of every seen class vs up to 60 real images per class. A lower exemplar "
                    "median than the real median means exemplars sit nearer the class boundaries.",
                    dataset, profile, snapshot_records, missing)
-    return Table(f"exemplar_margins_{dataset}_{profile}", long, long.round(4), cap,
+    return Table(output_name("exemplar_margins", snapshot_records, dataset=dataset, profile=profile,
+                             missing=missing),
+                 long, long.round(4), cap,
                  provenance(snapshot_records, artifact="exemplar_margins", profile=profile, dataset=dataset,
                             missing=missing))
 
@@ -534,32 +564,33 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+SIDECAR = ".provenance.json"
+
+
 def _sidecar(stem: Path, prov: dict[str, Any], files: list[Path]) -> Path:
-    side = stem.with_suffix(".json")
+    side = stem.parent / f"{stem.name}{SIDECAR}"
     side.write_text(json.dumps({**prov, "files": [f.name for f in files]}, indent=2, sort_keys=True) + "\n")
     return side
 
 
 def save_table(table: Table, figures_dir: str | Path) -> list[Path]:
-    """``<name>.md`` (caption, table, provenance footer), ``<name>.csv`` (tidy) and ``<name>.json``."""
+    """``<name>.md`` (caption, table, a one-line footer), ``<name>.csv`` (tidy) and
+    ``<name>.provenance.json``."""
     out = notebook_dir(figures_dir)  # relative to notebooks/, whatever the cwd
     out.mkdir(parents=True, exist_ok=True)
     stem = out / table.name
     md, csv = stem.with_suffix(".md"), stem.with_suffix(".csv")
     md.write_text(f"{table.caption}\n\n{to_markdown(table.wide)}\n\n"
-                  f"_Provenance: {footer(table.provenance)}_\n")
+                  f"_{footer(table.provenance, table.name)}_\n")
     table.long.to_csv(csv, index=False)
     return [md, csv, _sidecar(stem, table.provenance, [md, csv])]
 
 
 def save_figure(fig: Any, name: str, figures_dir: str | Path, prov: dict[str, Any]) -> list[Path]:
-    """``<name>.png`` and ``.pdf`` with a provenance footer, plus ``<name>.json``."""
+    """``<name>.png`` (150 dpi) and ``.pdf``, plus ``<name>.provenance.json`` (no footer in the
+    image: what made it is in the sidecar)."""
     out = notebook_dir(figures_dir)  # relative to notebooks/, whatever the cwd
     out.mkdir(parents=True, exist_ok=True)
-    # below everything already drawn (legends may sit under the axes), whatever the layout
-    bbox = fig.get_tightbbox(fig.canvas.get_renderer())
-    fig.text(bbox.x0 / fig.get_figwidth(), (bbox.y0 - 0.06) / fig.get_figheight(), footer(prov),
-             fontsize=6, color="0.4", ha="left", va="top")
     stem = out / name
     files = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     fig.savefig(files[0], dpi=150, bbox_inches="tight")
@@ -572,7 +603,7 @@ def _style():
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.15)  # smallest text ~10 pt
     return plt, sns
 
 
@@ -604,11 +635,22 @@ def _availability_title(n_found: int, missing: Sequence[Any]) -> str:
     return f" [{n_found} of {n_found + len(missing)} runs; the others not run]" if missing else ""
 
 
+def _panel_grid(plt, n: int, ncols: int = 2, panel: tuple[float, float] = (4.4, 3.4), **kw):
+    """Small multiples: ``n`` panels wrapped into rows of ``ncols`` (one row when n <= ncols);
+    returns the figure, the n panels and the spare axes of the last row (for a legend)."""
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows), squeeze=False, **kw)
+    flat = [ax for row in axes for ax in row]
+    return fig, flat[:n], flat[n:]
+
+
 def plot_phase_curves(records: Sequence[Any], methods: Sequence[str] | None = None, title: str = "",
                       missing: Sequence[Any] | None = None):
-    """Fig. 4: accuracy (%) after each phase vs number of classes, one panel per N, seed bands
-    (min-max over seeds), and the all-data class-mean reference as a dashed line. A panel (N)
-    with no run says "not run"; ``missing`` (default ``records.missing``) is counted in the titles."""
+    """Fig. 4: accuracy (%) after each phase vs number of classes, one panel per N (small
+    multiples, two per row; the legend takes the spare slot), seed bands (min-max over seeds), and
+    the all-data class-mean reference as a dashed line. A panel (N) with no run says "not run";
+    ``missing`` (default ``records.missing``) is counted in the titles."""
     missing = missing_of(records, missing)
     what = "Fig. 4: accuracy after each phase"
     if not records:
@@ -618,11 +660,12 @@ def plot_phase_curves(records: Sequence[Any], methods: Sequence[str] | None = No
     present = set(df["label"])
     order = [x for x in ([label_of(m) for m in as_list(methods)] or sorted(present)) if x in present]
     palette = dict(zip(order, sns.color_palette(n_colors=len(order))))
-    ref = "reference: NME with all-data class means (best model)"
+    ref = "reference: NME, all-data class means"
     ns = sorted(set(df["phases"]) | set(miss["phases"]))
-    fig, axes = plt.subplots(1, len(ns), figsize=(4.6 * len(ns), 3.8), squeeze=False, sharey=True)
+    fig, panels, spare = _panel_grid(plt, max(len(ns), 2), sharey=True)  # a lone panel keeps a legend slot
+    panels, spare = panels[:len(ns)], panels[len(ns):] + spare
     legend: dict[str, Any] = {}
-    for ax, n in zip(axes[0], ns):
+    for ax, n in zip(panels, ns):
         sub = df[df["phases"] == n]
         n_found, n_miss = sub["config_hash"].nunique(), int((miss["phases"] == n).sum())
         count = f" ({n_found} of {n_found + n_miss} runs)" if n_miss else ""
@@ -632,7 +675,7 @@ def plot_phase_curves(records: Sequence[Any], methods: Sequence[str] | None = No
             _not_run_text(ax, f"not run\n(0 of {n_miss} runs)")
             continue
         sns.lineplot(data=sub, x="n_classes", y="acc", hue="label", palette=palette,
-                     hue_order=[x for x in order if x in set(sub["label"])], marker="o",
+                     hue_order=[x for x in order if x in set(sub["label"])], marker="o", markersize=4,
                      errorbar=("pi", 100), ax=ax)
         up = sub.groupby(["label", "n_classes"])["acc_upper"].mean().groupby("n_classes").max()
         if up.notna().any():
@@ -642,13 +685,20 @@ def plot_phase_curves(records: Sequence[Any], methods: Sequence[str] | None = No
         if ax.get_legend():
             ax.get_legend().remove()
     labels = [x for x in order if x in legend] + [ref] * (ref in legend)
-    fig.legend([legend[x] for x in labels], labels, loc="lower center", ncol=min(len(labels), 3),
-               frameon=False, bbox_to_anchor=(0.5, -0.02))
     absent = [label_of(m) for m in as_list(methods) if label_of(m) not in present]
-    fig.suptitle((title or "Accuracy after each phase (CNN head; NME for iCaRL); bands: min-max over seeds")
-                 + _availability_title(len(records), missing)
-                 + (f"\nnot run at all: {', '.join(absent)}" if absent else ""))
-    fig.tight_layout(rect=(0, 0.1 + 0.04 * (len(labels) > 3), 1, 1))
+    head = title or "Accuracy after each phase (CNN head; NME for iCaRL)"
+    notes = ["bands: min-max over seeds"] + ([f"not run at all: {', '.join(absent)}"] if absent else [])
+    if spare:  # the legend in the empty slot of the grid
+        for ax in spare[1:]:
+            ax.axis("off")
+        spare[0].axis("off")
+        spare[0].legend([legend[x] for x in labels], labels, loc="center", frameon=False,
+                        title="\n".join(notes))
+    else:
+        fig.legend([legend[x] for x in labels], labels, loc="lower center", ncol=min(len(labels), 3),
+                   frameon=False, bbox_to_anchor=(0.5, -0.02), title="; ".join(notes))
+    fig.suptitle(head + _availability_title(len(records), missing))
+    fig.tight_layout(rect=(0, 0 if spare else 0.12, 1, 1))
     return fig
 
 
@@ -718,11 +768,11 @@ def plot_tsne(snapshot_records: Sequence[Any], seed: int = 0, missing: Sequence[
                 Line2D([], [], ls="", marker="o", color="0.15", markeredgecolor="black",
                        label="exemplars (dark)"),
                 Line2D([], [], ls="", marker="x", color="0.6", label="other classes' means")]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8,
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), frameon=False, fontsize=9,
                bbox_to_anchor=(0.5, 0.0))
     fig.suptitle("t-SNE of normalised features: first five classes of the order, exemplars vs real images"
                  + _availability_title(len(recs), missing))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 
@@ -737,7 +787,7 @@ def plot_margins(snapshot_records: Sequence[Any], missing: Sequence[Any] | None 
     order = list(dict.fromkeys(cfg["exemplars"] for _, cfg in _in_order(snapshot_records, missing)))
     absent = [_config_dict(c)["exemplars"] for c in missing]
     stages = list(dict.fromkeys(df["stage"]))
-    fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 4.2), squeeze=False, sharey=True)
     for ax, st in zip(axes[0], stages):
         sns.boxplot(data=df[df["stage"] == st], x="exemplars", y="margin", hue="kind", order=order,
                     hue_order=["real", "exemplar"], showfliers=False, ax=ax, legend=ax is axes[0][-1])
@@ -746,10 +796,10 @@ def plot_margins(snapshot_records: Sequence[Any], missing: Sequence[Any] | None 
             ax.text(order.index(x), 0.5, "not run", ha="center", va="center", color="0.45",
                     transform=ax.get_xaxis_transform())
         ax.set(title=st, xlabel="exemplar strategy",
-               ylabel="margin: cos(own mean) − max cos(other mean)")
+               ylabel="class margin\ncos(own mean) − max cos(other mean)")
     sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.01, 1.0), title="points", frameon=False)
-    fig.suptitle("Are exemplars near class boundaries? (lower margin = nearer; whiskers 1.5 IQR)"
-                 + _availability_title(len(snapshot_records), missing))
+    fig.suptitle("Are exemplars near class boundaries? (lower margin = nearer; whiskers 1.5 IQR)\n"
+                 + _availability_title(len(snapshot_records), missing).strip())
     fig.tight_layout()
     return fig
 
@@ -795,9 +845,10 @@ def plot_exemplar_grid(snapshot_records: Sequence[Any], stage: int = 0, per_clas
         panels.append((f"|mnemonics − herding|, scaled\n(max difference {peak:.0f}/255)", scaled,
                        by["herding"][2], by["herding"][3], None))
     k = min(per_class, max(int((p[2] == c).sum()) for p in panels if p[1] is not None for c in classes))
-    size = (0.55 * k * len(panels) + 1.2, 0.62 * len(classes) + 1.2)
-    fig, axes = plt.subplots(1, len(panels), figsize=size, squeeze=False)
-    for ax, (title, x, y, snap, _) in zip(axes[0], panels):
+    fig, axes, spare = _panel_grid(plt, len(panels), ncols=2, panel=(0.55 * k + 1.0, 0.62 * len(classes) + 1.1))
+    for ax in spare:
+        ax.axis("off")
+    for ax, (title, x, y, snap, _) in zip(axes, panels):
         ax.grid(False)
         ax.set_xticks([])
         ax.set_title(title, fontsize=10)
@@ -834,7 +885,7 @@ def plot_sweep(records: Sequence[Any], value: str = "aia_cnn", missing: Sequence
                     cbar_kws={"label": f"{value} (%)"})
         for (i, j), v in np.ndenumerate(piv.to_numpy()):
             if not np.isfinite(v):
-                ax.text(j + 0.5, i + 0.5, "not run", ha="center", va="center", fontsize=8, color="0.4")
+                ax.text(j + 0.5, i + 0.5, "not run", ha="center", va="center", fontsize=9, color="0.4")
         ax.set(title=f"K = {k} inner steps", xlabel="beta1 (exemplar lr)", ylabel="alpha (inner lr)")
     fig.suptitle("Mnemonics sensitivity: average incremental accuracy"
                  + _availability_title(len(records), missing))

@@ -84,8 +84,8 @@ def record_snapshots(config: RunConfig, phases: tuple[int, ...], device: str | N
     mean; small = near a class boundary), and the first five classes' exemplar pixels (uint8,
     denormalised).
 
-    Resumable like a plain run (a mnemonics snapshot run is ~1.5 h on the CPU; one was lost to
-    the out-of-memory killer, 2026-11-26): phase checkpoints go to ``<checkpoint root>/snapshots/
+    Resumable like a plain run (a mnemonics snapshot run takes hours on a CPU, and a process can
+    be killed, e.g. by the out-of-memory killer): phase checkpoints go to ``<checkpoint root>/snapshots/
     <hash>`` (apart from the plain run of the same config, which may run at the same time), and
     each recorded phase is written beside them (``snapshots.json``) before its checkpoint, so a
     resumed run has the phases it skips."""

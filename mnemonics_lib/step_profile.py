@@ -1,7 +1,7 @@
 """Where a training step's time goes: its kernels by kind, against the graphed step's wall time.
 
-The GPU training target (issue #6: 5x the reference pipeline) is not met with the CUDA graphs
-alone (3.69x on an H100, 2026-11-26). A graph removes the host's launches; what remains is the
+The GPU training target (5x the reference pipeline) is not met with the CUDA graphs alone (the
+speed table in docs/study.md). A graph removes the host's launches; what remains is the
 device executing some hundreds of small kernels. This profile says which: it records the
 *eager* step's kernels (a captured graph replays the same kernels, but the profiler cannot look
 inside a replay), sums their device time per step, groups them by kind (convolutions, batch

@@ -1,8 +1,7 @@
 """How one SGD training step is executed: eagerly, or replayed from a captured CUDA graph.
 
 Why graphs: on a GPU, a ResNet-32 step at batch 128 is bound by the host launching some 400
-small kernels one by one (16 ms per step on an H200, 2026-11-26 benchmark, against a few ms
-of GPU work), not by the GPU. A CUDA graph records the whole step (forward, loss, backward,
+small kernels one by one, not by the GPU's work (the speed table in docs/study.md). A CUDA graph records the whole step (forward, loss, backward,
 optimiser update) once and replays it with a single launch. The kernels, their inputs and their
 order are the same as in eager execution; only the launching changes.
 
@@ -27,8 +26,7 @@ and switch serve the mnemonics hypergradients (``bilevel.HypergradientReplay``).
 On a CPU there are no launches to save; the time goes into the kernels themselves, and the
 many small memory-bound ones (batch norm, ReLU, residual adds, their gradients) between the
 convolutions. There :class:`CompiledStep` runs every full batch through backbones compiled by
-``torch.compile`` (inductor fuses those kernels: 1.3-1.4x a ResNet-32 step on one core,
-2026-11-26), and the last, smaller batch of an epoch eagerly, so no second, dynamic-shape graph
+``torch.compile`` (inductor fuses those kernels; bench.py measures the gain), and the last, smaller batch of an epoch eagerly, so no second, dynamic-shape graph
 is compiled for one batch per epoch. Only the backbones are compiled, and only inside
 ``trainer.train_epochs`` (:func:`compiled_backbones`): the growing heads stay eager, and the
 bilevel exemplar program, which differentiates through a training step (double backward, which

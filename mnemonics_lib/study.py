@@ -59,9 +59,10 @@ _FLAGS = {
 }
 
 
-class ParameterError(ValueError):
-    """A notebook received a parameter it does not know (the message lists the known ones)."""
-
+# The notebooks' parameters (names, kinds, help, defaults from params/quick.yaml, the check).
+from .notebook_params import (ALL_PARAMETERS, INJECTED_MARK, NOTEBOOK_PARAMETERS, NOTEBOOKS,  # noqa: E402,F401
+                              STUDY_KEYS, ParameterError, check_parameters, injected_names,
+                              notebook_defaults, notebook_parameters)
 
 #: What to do with a run that is not in the ledger: ``compute`` it (minutes at smoke size, hours
 #: at quick, GPU days at paper), ``skip`` it (render what exists; tables show "n/a (not run)" and
@@ -240,120 +241,12 @@ def _dedup(configs: Sequence[RunConfig]) -> list[RunConfig]:
 
 
 # ------------------------------------------------------------------ notebook parameters
-_COMMON = {
-    "dataset": "caltech100",
-    "profile": "quick",
-    "memory_per_class": 20,
-    "train_per_class": None,
-    "results_dir": "../results",
-    "figures_dir": "../figures",
-    "missing": "skip",
-    "device": "auto",
-}
-_PHASES_SEEDS = {"phases": [5, 10, 25], "seeds": list(SEEDS)}
-_SNAPSHOT = {"snapshot_method": "lucir", "snapshot_exemplars": list(SNAPSHOT_EXEMPLARS),
-             "snapshot_phases": 5, "snapshot_seed": 1993}
-
-#: Every notebook's parameters and their defaults (the notebooks' parameters cells must match;
-#: tests/test_notebooks.py checks it).
-NOTEBOOK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "table1": {**_COMMON, **_PHASES_SEEDS, "methods": list(TABLE1_METHODS)},
-    "figure4_curves": {**_COMMON, **_PHASES_SEEDS, "methods": list(TABLE1_METHODS)},
-    "forgetting": {**_COMMON, **_PHASES_SEEDS, "forgetting_methods": list(FORGETTING_METHODS)},
-    "ablation_exemplars": {**_COMMON, "seeds": list(SEEDS), "ablation_phases": [5],
-                           "ablation_methods": list(ABLATION_METHODS), "ablation_exemplars": list(EXEMPLARS),
-                           "ablation_extras": list(ABLATION_EXTRAS), "cbf_control_phases": [10, 25]},
-    "sweep_mnemonics": {**_COMMON, "sweep_inner_lr": [0.01, 0.1], "sweep_outer_lr": [1.0, 10.0, 100.0],
-                        "sweep_inner_steps": [1], "sweep_phases": 5, "sweep_seed": 1993,
-                        "sweep_last_phase": 1},  # = params/quick.yaml, the committed sweep
-    "figure1_tsne": {**_COMMON, **_SNAPSHOT},
-    "exemplar_images": {**_COMMON, **_SNAPSHOT},
-}
-NOTEBOOKS = tuple(NOTEBOOK_DEFAULTS)
-ALL_PARAMETERS = frozenset(k for d in NOTEBOOK_DEFAULTS.values() for k in d)
-#: Keys of a params file that are not notebook parameters (read by the CLI only).
-STUDY_KEYS = frozenset({"variants"})
-_SCALARS = (bool, int, float, str, type(None))
-_IPYTHON_NAMES = frozenset({"In", "Out"})
-INJECTED_MARK = "# Parameters"  # first line of the cell papermill injects (its default comment)
-
-
-def _plain(value: Any) -> bool:
-    """A value papermill can inject: scalars and lists/dicts of them (YAML/JSON data)."""
-    if isinstance(value, _SCALARS):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
-
-
-def injected_names(namespace: Mapping[str, Any]) -> set[str] | None:
-    """Names assigned by papermill's injected cell, read from IPython's input history ``In``
-    (every executed cell's source); None outside IPython. Exact: later cells of the notebook
-    (or a re-run of the checking cell) cannot add names to it."""
-    history = namespace.get("In")
-    if not isinstance(history, list):
-        return None
-    import ast
-
-    names: set[str] = set()
-    for src in history:
-        if isinstance(src, str) and src.lstrip().startswith(INJECTED_MARK):
-            try:
-                tree = ast.parse(src)
-            except SyntaxError:
-                continue
-            names = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-                     for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
-                     if isinstance(t, ast.Name)}
-    return names
-
-
-def check_parameters(namespace: Mapping[str, Any] | Iterable[str], notebook: str) -> dict[str, Any]:
-    """Fail on a parameter name that no notebook of the study knows; return this notebook's
-    parameters. Notebooks call ``study.check_parameters(globals(), "<name>")`` after the parameters
-    cell and papermill's injected cell.
-
-    The candidate names: in IPython, the names assigned by papermill's injected cell (found in the
-    input history ``In``, see :func:`injected_names`); for any other mapping, its public names
-    holding plain data (what papermill could inject; modules, functions, ``In``/``Out`` are not);
-    for an iterable, its names. A name of another notebook of the study (``-f params/quick.yaml``
-    passes all of them to every notebook) is ignored with a warning; a name no notebook knows (a
-    typo) raises :class:`ParameterError` listing this notebook's known parameters.
-    """
-    if notebook not in NOTEBOOK_DEFAULTS:
-        raise ParameterError(f"unknown notebook {notebook!r}; known: {list(NOTEBOOKS)}")
-    known = NOTEBOOK_DEFAULTS[notebook]
-    if isinstance(namespace, Mapping):
-        names = injected_names(namespace)
-        if names is None:
-            names = {k for k, v in namespace.items()
-                     if not k.startswith("_") and k not in _IPYTHON_NAMES and _plain(v)}
-    else:
-        names = set(namespace)
-    unknown = names - set(known) - ALL_PARAMETERS - STUDY_KEYS
-    if unknown:
-        raise ParameterError(
-            f"unknown parameter(s) {sorted(unknown)} for notebook {notebook!r}; known parameters: "
-            f"{sorted(known)}")
-    ignored = sorted(names & (ALL_PARAMETERS | STUDY_KEYS) - set(known))
-    if ignored:
-        warnings.warn(f"{notebook}: ignoring parameters of other notebooks: {ignored}", stacklevel=2)
-    if isinstance(namespace, Mapping):
-        missing = sorted(set(known) - set(namespace))
-        if missing:
-            raise ParameterError(
-                f"{notebook}: parameters {missing} are not defined (parameters cell edited?)")
-        return {k: namespace[k] for k in known}
-    return {}
-
-
-def notebook_parameters(notebook: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """This notebook's parameters from a params file: its defaults overridden by the file's keys."""
-    known = NOTEBOOK_DEFAULTS[notebook]
-    return {k: params.get(k, v) for k, v in known.items()}
+def __getattr__(name: str) -> Any:
+    """``NOTEBOOK_DEFAULTS``: every notebook's parameters and defaults, read from params/quick.yaml
+    when first asked for (no I/O at import)."""
+    if name == "NOTEBOOK_DEFAULTS":
+        return notebook_defaults()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def common_fields(p: Mapping[str, Any]) -> dict[str, Any]:
@@ -482,7 +375,7 @@ def variant_params(params: Mapping[str, Any]) -> list[tuple[str, list[str], dict
     for name, spec in dict(params.get("variants") or {}).items():
         spec = dict(spec)
         notebooks = as_list(spec.pop("notebooks", ["table1", "figure4_curves"]))
-        bad = [n for n in notebooks if n not in NOTEBOOK_DEFAULTS]
+        bad = [n for n in notebooks if n not in NOTEBOOK_PARAMETERS]
         bad += [k for k in spec if k not in ALL_PARAMETERS]
         if bad:
             raise ParameterError(f"variant {name!r}: unknown notebooks/parameters {bad}; "

@@ -60,8 +60,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 
 # only the files that hold gpu tests: collecting the notebook tests would need jupyter packages
 GPU_TESTS=$(grep -l "mark.gpu" tests/test_*.py)
-# 200 s alone sufficed for 2 tests (2026-11-26 H200); side by side with four training processes the
-# 6 tests did not finish in 200 s (H100), 4 of them took 55 s alone: the cap is now 320 s
+# the cap leaves room for the GPU tests beside other training processes on the same GPU
 # GPU_CHECK_PYTEST_K: a pytest -k expression, to rerun only the tests a change touched
 stage pytest "${GPU_CHECK_PYTEST_CAP:-320}" "$PY" -m pytest -m gpu -q -p no:cacheprovider -s --junitxml="$DEST/$STAMP-gpu-pytest.xml" \
     ${GPU_CHECK_PYTEST_K:+-k "$GPU_CHECK_PYTEST_K"} $GPU_TESTS

@@ -23,9 +23,9 @@
 #      CKPT_MAX_MB in all, default 45: returned files are limited to 8 and 64 MiB): a later GPU
 #      session that carries checkpoints/ resumes them instead of starting again.
 # Runs are written atomically: a stop at END_AT loses only the runs in flight. What the runs write
-# on the device lives only until the next call copies the tree there again (seen 2026-11-26: a
-# second call on the warm machine no longer had the first call's run folders, but still had the
-# ignored checkpoints/, so an interrupted run resumed): $OUT/results.tgz is the copy that counts.
+# on the device lives only until the next call copies the tree there again (a second call on the
+# warm machine keeps ignored folders such as checkpoints/, not the tracked results/), so
+# $OUT/results.tgz is the copy that counts.
 # Needs data/caltech101_32 carried with the tree (copy of ../shared/data/caltech101_32), and
 # MNEMONICS_GIT_COMMIT set to the commit the tree was copied from (the copy has no .git).
 # SMALL=1: the same steps at smoke size, to prove the script end to end on a CPU.
@@ -38,7 +38,7 @@ OUT=${OUT:-build/gpu_out}
 LOGS=${LOGS:-build/gpu_logs}  # packed into $OUT/logs.tgz at the end (returned files are counted)
 # the runs are written into an ignored folder, seeded with results/ (the cached runs, the sweep's
 # choice): a second call on the warm machine still has them there (results/ itself is replaced by
-# each call's copy of the tree: 2026-11-26, finished runs were lost that way)
+# each call's copy of the tree, and finished runs written there would be lost)
 RESULTS_DIR=${RESULTS_DIR:-build/gpu_results}
 mkdir -p "$OUT" "$LOGS" results/bench "$RESULTS_DIR"
 cp -rn results/. "$RESULTS_DIR"/
@@ -58,9 +58,8 @@ start=$(date +%s)
 now() { echo $(( $(date +%s) - start )); }
 stamp() { echo "[gpu_session +$(now)s] $*"; }
 pack() {
-  # what comes back from $OUT: at most 8 files, 16 MiB each, 64 MiB together. 2026-11-26 (session 7)
-  # 12 files were there (6 checkpoint parts, 5 logs, results.tgz) and results.tgz did not come back:
-  # so one results.tgz, one logs.tgz, and at most CKPT_MAX_MB of checkpoints in 15 MB parts
+  # what comes back from $OUT: at most 8 files, 16 MiB each, 64 MiB together (files beyond that
+  # are dropped), so one results.tgz, one logs.tgz, and at most CKPT_MAX_MB of checkpoints in 15 MB parts
   # results/ for the benchmark files, $RESULTS_DIR for the runs (also those of an earlier call)
   tar czf "$OUT/results.tgz" --exclude='.tmp-*' --exclude='.locks' results "$RESULTS_DIR" 2>/dev/null
   # the latest phase of each cut-off run is all a resume reads; one caltech100 phase is ~25 MB

@@ -247,23 +247,26 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_readme(args: argparse.Namespace) -> int:
-    """Rewrite the README's generated blocks (:func:`mnemonics_lib.readme.study_blocks`) from results/."""
+    """Rewrite the generated blocks (:func:`mnemonics_lib.readme.study_blocks`) of README.md and
+    docs/study.md from results/."""
     from mnemonics_lib import readme
     from mnemonics_lib.atomic import write_text_atomic
 
     params = load_params(args.profile, args.set)
     root = notebook_path(params.get("results_dir", "../results"))
     blocks = readme.study_blocks(params, root)
-    path = Path(args.readme)
-    text = path.read_text()
-    present = {k: v for k, v in blocks.items() if readme.BEGIN.format(k) in text}
-    for name in sorted(set(blocks) - set(present)):
-        print(f"no block {name!r} in {path} (add {readme.BEGIN.format(name)!r} and "
+    paths = [Path(p) for p in (args.readme or [ROOT / "README.md", ROOT / "docs" / "study.md"])]
+    texts = {str(p): p.read_text() for p in paths}
+    new, absent = readme.update_files(texts, blocks)
+    for name in absent:
+        print(f"no block {name!r} in {', '.join(map(str, paths))} (add {readme.BEGIN.format(name)!r} and "
               f"{readme.END.format(name)!r} to show it)")
-    new = readme.update(text, present)
-    if new != text:
-        write_text_atomic(path, new)
-    print(f"{path}: {len(present)} generated block(s), {'rewritten' if new != text else 'unchanged'}")
+    for p in paths:
+        n = sum(readme.BEGIN.format(k) in texts[str(p)] for k in blocks)
+        changed = new[str(p)] != texts[str(p)]
+        if changed:
+            write_text_atomic(p, new[str(p)])
+        print(f"{p}: {n} generated block(s), {'rewritten' if changed else 'unchanged'}")
     return 0
 
 
@@ -325,9 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--compute-missing", action="store_true",
                    help="compute every missing run at the profile (= --missing compute; hours at quick)")
     f.set_defaults(func=cmd_figures)
-    m = sub.add_parser("readme", help="rewrite the README's generated blocks (readme.study_blocks) from results/")
+    m = sub.add_parser("readme", help="rewrite the generated blocks of README.md and docs/study.md from results/")
     m.add_argument("--profile", default="quick")
-    m.add_argument("--readme", default=str(ROOT / "README.md"), help="the file to rewrite")
+    m.add_argument("--readme", action="append", default=None,
+                   help="a file to rewrite (repeatable; default: README.md and docs/study.md)")
     m.set_defaults(func=cmd_readme)
     for p in (r, c, f, m):
         p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -1,5 +1,6 @@
 """Notebook structure (conventions.md: one parameters cell first, no outputs, no def/class/magics/
-absolute paths, defaults equal to the library's) and every notebook executed with params/smoke.yaml
+absolute paths, no hand-typed numbers in Markdown, parameters cells generated from params/quick.yaml)
+and every notebook executed with params/smoke.yaml
 through Papermill, with results and figures in a temporary folder shared by all notebooks (runs are
 reused across notebooks through the ledger, as with ``make figures``)."""
 import ast
@@ -19,23 +20,22 @@ NB_DIR = ROOT / "notebooks"
 # execution order: later notebooks reuse the runs of earlier ones
 ORDER = ["table1", "figure4_curves", "forgetting", "ablation_exemplars", "sweep_mnemonics",
          "figure1_tsne", "exemplar_images"]
-EXPECTED = {  # files each notebook must write at smoke size (dataset synthetic, profile smoke)
-    "table1": ["table1_synthetic_smoke.md", "table1_synthetic_smoke.csv", "table1_synthetic_smoke.json"],
-    "figure4_curves": ["figure4_curves_synthetic_smoke.png", "figure4_curves_synthetic_smoke.pdf",
-                       "figure4_curves_synthetic_smoke.json"],
-    "forgetting": ["forgetting_synthetic_smoke.md", "forgetting_synthetic_smoke.csv"],
-    "ablation_exemplars": ["ablation_exemplars_synthetic_smoke.md", "ablation_exemplars_synthetic_smoke.csv"],
-    "sweep_mnemonics": ["sweep_mnemonics_synthetic_smoke.md", "sweep_mnemonics_synthetic_smoke.png"],
-    "figure1_tsne": ["figure1_tsne_synthetic_smoke.png", "figure1_tsne_synthetic_smoke.pdf",
-                     "exemplar_margins_synthetic_smoke.png", "exemplar_margins_synthetic_smoke.md"],
-    "exemplar_images": ["exemplar_images_early_synthetic_smoke.png", "exemplar_images_late_synthetic_smoke.pdf"],
+S = "synthetic_smoke_N2_seeds1993"  # dataset, profile, N and seed of params/smoke.yaml: outputs are named by them
+EXPECTED = {  # files each notebook must write at smoke size
+    "table1": [f"table1_{S}.md", f"table1_{S}.csv", f"table1_{S}.provenance.json"],
+    "figure4_curves": [f"figure4_curves_{S}.png", f"figure4_curves_{S}.pdf", f"figure4_curves_{S}.provenance.json"],
+    "forgetting": [f"forgetting_{S}.md", f"forgetting_{S}.csv"],
+    "ablation_exemplars": [f"ablation_exemplars_{S}.md", f"ablation_exemplars_{S}.csv"],
+    "sweep_mnemonics": [f"sweep_mnemonics_{S}.md", f"sweep_mnemonics_{S}.png"],
+    "figure1_tsne": [f"figure1_tsne_{S}.png", f"figure1_tsne_{S}.pdf", f"exemplar_margins_{S}.png",
+                     f"exemplar_margins_{S}.md"],
+    "exemplar_images": [f"exemplar_images_early_{S}.png", f"exemplar_images_late_{S}.pdf"],
 }
 SIDE = {  # the sidecar whose config hashes must equal what study.notebook_configs enumerates
-    "table1": "table1_synthetic_smoke.json", "figure4_curves": "figure4_curves_synthetic_smoke.json",
-    "forgetting": "forgetting_synthetic_smoke.json", "ablation_exemplars": "ablation_exemplars_synthetic_smoke.json",
-    "sweep_mnemonics": "sweep_mnemonics_synthetic_smoke.json", "figure1_tsne": "figure1_tsne_synthetic_smoke.json",
-    "exemplar_images": "exemplar_images_early_synthetic_smoke.json",
+    name: f"{'exemplar_images_early' if name == 'exemplar_images' else name}_{S}.provenance.json" for name in EXPECTED
 }
+# a hand-typed measured number in Markdown: a decimal, or a duration
+HAND_TYPED = re.compile(r"\d+\.\d+|\b\d+\s*(?:s|min|h|hours?|minutes?|seconds?)\b")
 
 
 def notebooks() -> list[str]:
@@ -58,8 +58,14 @@ def test_structure(name):
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert nb.cells[0].cell_type == "markdown"
     md = nb.cells[0].source
-    for word in ("papermill", "make figures", "Runtime", "What differs here", "caltech100"):
+    for word in ("papermill", "make figures", "source .venv/bin/activate"):
         assert word in md, f"cell 1 lacks {word!r}"
+    for c in nb.cells:
+        if c.cell_type == "markdown":
+            assert not HAND_TYPED.search(c.source), f"hand-typed number in Markdown: {HAND_TYPED.search(c.source)[0]!r}"
+    code_text = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert f'notebook_text.intro("{name}", params)' in code_text, "the shared text is not rendered"
+    assert "notebook_text.runtime(records)" in code_text, "the runtime is not printed from the runs"
     code = [c for c in nb.cells if c.cell_type == "code"]
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and tagged[0] is code[0], "exactly one parameters cell, the first code cell"
@@ -75,29 +81,45 @@ def test_structure(name):
 
 
 @pytest.mark.parametrize("name", sorted(study.NOTEBOOKS))
-def test_parameters_cell_is_annotated_literals_matching_the_library(name):
+def test_parameters_cell_is_generated_from_the_quick_params_file(name):
+    """One source for defaults: the cell is what notebook_params renders from params/quick.yaml
+    (`python scripts/notebook_cells.py` rewrites it), its literals equal the file's values, and it
+    declares every study parameter, so `-f params/quick.yaml` passes no unknown name."""
+    from mnemonics_lib.notebook_params import parameters_cell
+
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     cell = next(c for c in nb.cells if c.cell_type == "code")
-    tree = ast.parse(cell.source)
+    assert cell.source == parameters_cell(name), "stale parameters cell: run python scripts/notebook_cells.py"
     found = {}
-    for stmt in tree.body:
+    for stmt in ast.parse(cell.source).body:
         assert isinstance(stmt, ast.AnnAssign), f"not an annotated assignment: {ast.unparse(stmt)}"
         found[stmt.target.id] = ast.literal_eval(stmt.value)
-    assert found == study.NOTEBOOK_DEFAULTS[name], "notebook defaults drifted from study.NOTEBOOK_DEFAULTS"
+    quick = yaml.safe_load((ROOT / "params" / "quick.yaml").read_text())
+    assert set(found) == set(quick), "the cell does not declare every key of params/quick.yaml"
+    assert {k: found[k] for k in study.NOTEBOOK_PARAMETERS[name]} == study.NOTEBOOK_DEFAULTS[name]
+    assert all(found[k] == quick[k] for k in study.ALL_PARAMETERS), "a literal differs from params/quick.yaml"
     for line in cell.source.splitlines():
-        assert "  # " in line, f"parameter without a help comment: {line}"
-    assert found["results_dir"] == "../results" and found["profile"] == "quick"
+        assert "  # " in line or line.startswith("# "), f"parameter without a help comment: {line}"
+
+
+def test_notebook_cells_script_check_passes():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "notebook_cells.py"), "--check"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("name", sorted(study.NOTEBOOKS))
 def test_papermill_parses_every_parameter(name):
     """papermill's own parser reads each parameter, so `-p` never warns "unknown parameter" and
     `papermill --help-notebook` lists them all (it cannot parse a `int | None` annotation: such
-    parameters were missing from both until 2026-11-27)."""
+    parameters would be missing from both)."""
     import papermill as pm
 
     seen = pm.inspect_notebook(str(NB_DIR / f"{name}.ipynb"))
-    assert set(seen) == set(study.NOTEBOOK_DEFAULTS[name])
+    assert set(seen) == set(study.ALL_PARAMETERS) | set(study.STUDY_KEYS)
     assert all(v["help"] for v in seen.values()), "a parameter's help comment was not parsed"
 
 
@@ -107,9 +129,9 @@ def test_run_or_load_cell_passes_missing_and_prints_what_is_not_run(name):
     """``missing`` reaches run_configs / snapshot_records, and the missing runs are printed."""
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    assert "missing=missing" in code and f'print(records.summary("{name}"))' in code
+    assert "missing=missing" in code and f'print(records.summary("{name}"), notebook_text.runtime(records)' in code
     assert "compute_missing" not in code
-    assert "missing: skip" in nb.cells[0].source
+    assert 'missing: str = "skip"' in next(c.source for c in nb.cells if c.cell_type == "code")
 
 # ------------------------------------------------------------------ execution (smoke)
 @pytest.fixture(scope="module")
@@ -175,10 +197,10 @@ def test_table1_with_missing_skip_renders_only_what_exists(tmp_path, monkeypatch
     for c in absent:
         assert any(line.split()[:4] == [study.spec_of(c), "synthetic", str(c.phases), str(c.seed)]
                    and line.split()[-1] == c.config_hash() for line in printed.splitlines()), c
-    md = (tmp_path / "figs" / "table1_synthetic_smoke.md").read_text()
+    md = (tmp_path / "figs" / f"table1_{S}.md").read_text()
     assert md.count(f"| {report.NOT_RUN} |") == 3 and "Runs available: 2 of 5; 3 not run" in md
     assert "2 of 5 runs (3 not run)" in md  # the provenance footer
-    side = json.loads((tmp_path / "figs" / "table1_synthetic_smoke.json").read_text())
+    side = json.loads((tmp_path / "figs" / f"table1_{S}.provenance.json").read_text())
     assert side["config_hashes"] == sorted(c.config_hash() for c in have) and side["n_runs_wanted"] == 5
     assert sorted(d["config_hash"] for d in side["not_run"]) == sorted(c.config_hash() for c in absent)
 
@@ -203,7 +225,7 @@ def test_scalar_parameters_work(executed):
     params = {**executed["params"], "phases": 2, "seeds": 1993, "methods": "lucir", "figures_dir": str(figs)}
     pm.execute_notebook(str(NB_DIR / "table1.ipynb"), str(executed["dir"] / "scalar.ipynb"), parameters=params,
                         kernel_name="python3", cwd=str(NB_DIR), progress_bar=False)
-    side = json.loads((figs / "table1_synthetic_smoke.json").read_text())
+    side = json.loads((figs / "table1_synthetic_smoke_N2_seeds1993.provenance.json").read_text())
     c = study.make_run("lucir", dataset="synthetic", phases=2, seed=1993, profile="smoke", memory_per_class=5)
     assert side["config_hashes"] == [c.config_hash()]
 

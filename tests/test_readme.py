@@ -155,14 +155,52 @@ def test_replace_block_touches_only_its_block():
         readme.replace_block("<!-- /generated: a -->\n<!-- generated: a -->\n", "a", "x")
 
 
+def test_update_files_fills_each_block_where_its_markers_are():
+    texts = {"README.md": "a\n<!-- generated: x -->\n<!-- /generated: x -->\n",
+             "docs/study.md": "<!-- generated: x -->\nold\n<!-- /generated: x -->\n<!-- generated: y -->\n"
+                              "<!-- /generated: y -->\n"}
+    new, absent = readme.update_files(texts, {"x": "X", "y": "Y", "z": "Z"})
+    assert new["README.md"] == "a\n<!-- generated: x -->\nX\n<!-- /generated: x -->\n"
+    assert "X" in new["docs/study.md"] and "Y" in new["docs/study.md"] and "old" not in new["docs/study.md"]
+    assert absent == ["z"]
+
+
+def test_headline_table_gives_the_mean_of_the_seeds_that_ran_beside_the_paper():
+    recs = [fake("lucir", 1993, 40.0), fake("lucir", 1994, 30.0), fake("lucir", 1993, 20.0, phases=10)]
+    rows = (readme.Row("LUCIR (herding)", "lucir"), readme.Row("BiC", "bic"))
+    assert readme.headline_table(recs, "caltech100", [5, 10], seeds=(1993, 1994, 1995), rows=rows).splitlines() == [
+        "| method | N = 5: ours (caltech100) / paper (cifar100) | N = 10: ours (caltech100) / paper (cifar100) |",
+        "|---|---|---|",
+        "| LUCIR (herding) | 35.00 (2 of 3 seeds) / 63.17 [3p] | 20.00 (1 of 3 seeds) / 60.14 [3p] |",
+        "| BiC | not run / 59.36 [recalled] | not run / 54.20 [recalled] |"]
+
+
 def test_committed_readme_blocks_match_the_committed_results(tmp_path):
     """`scripts/study.py readme` (quick and paper profiles) on the committed results leaves the
-    committed README unchanged: its tables are what results/ holds, not typed by hand."""
-    copy = tmp_path / "README.md"
-    copy.write_text((ROOT / "README.md").read_text())
+    committed README.md and docs/study.md unchanged: their tables are what results/ holds, not
+    typed by hand. The README holds the headline; docs/study.md the seed-by-seed tables."""
+    files = {"README.md": tmp_path / "README.md", "docs/study.md": tmp_path / "study.md"}
+    for src, copy in files.items():
+        copy.write_text((ROOT / src).read_text())
+    args = [a for copy in files.values() for a in ("--readme", str(copy))]
     for profile in ("quick", "paper"):
         out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "readme", "--profile", profile,
-                              "--readme", str(copy)], capture_output=True, text=True, cwd=ROOT)
+                              *args], capture_output=True, text=True, cwd=ROOT)
         assert out.returncode == 0, out.stderr
-        assert "unchanged" in out.stdout, out.stdout
-    assert "<!-- generated: table1-caltech100-quick-N5 -->" in copy.read_text()
+        assert "rewritten" not in out.stdout and out.stdout.count("unchanged") == 2, out.stdout
+    assert "<!-- generated: headline-caltech100-quick -->" in files["README.md"].read_text()
+    assert "<!-- generated: icarl-phase0-caltech100-quick -->" in files["README.md"].read_text()
+    assert "<!-- generated: table1-caltech100-quick-N5 -->" in files["docs/study.md"].read_text()
+
+
+def test_readme_is_short_and_about_the_project():
+    """A page a newcomer reads in minutes: under 25 KB, with the card's call and the two commands,
+    and no development diary (sessions, work periods, ticket numbers, dates)."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    assert len(text.encode()) < 25_000
+    for must in ("make figures", "make test", "papermill notebooks/table1.ipynb out.ipynb -p phases 10",
+                 "source .venv/bin/activate", "make lab", "docs/imagenet.md", "docs/cluster.md", "docs/study.md"):
+        assert must in text, must
+    assert not re.search(r"\bsession\b|issue #|\b20\d\d-\d\d-\d\d\b", text, re.I)

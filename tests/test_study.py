@@ -224,10 +224,44 @@ def test_check_parameters_reads_papermills_injected_cell_from_the_input_history(
     assert study.injected_names({"x": 1}) is None
 
 
-def test_check_parameters_ignores_other_notebooks_parameters_with_a_warning():
+def test_check_parameters_accepts_other_notebooks_parameters_silently():
+    """`-f params/quick.yaml` passes every study parameter to every notebook (each declares them
+    all): normal use, so no warning."""
+    import warnings
+
     ns = {**study.NOTEBOOK_DEFAULTS["table1"], "sweep_seed": 1, "variants": {}}
-    with pytest.warns(UserWarning, match="sweep_seed"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert study.check_parameters(ns, "table1") == study.NOTEBOOK_DEFAULTS["table1"]
+
+
+@pytest.mark.parametrize("name, value, fix", [
+    ("phases", "abc", "`-p phases 10`, or a list: `-y \"phases: [5, 10]\"`"),
+    ("seeds", [1993, "x"], "`-p seeds 10`"),
+    ("memory_per_class", 2.5, "`-p memory_per_class 5`"),
+    ("missing", "skipp", "expected one of ['compute', 'skip', 'error']"),
+    ("methods", 3, "`-p methods lucir`"),
+])
+def test_a_bad_parameter_value_is_one_line_naming_the_fix(name, value, fix):
+    ns = {**study.NOTEBOOK_DEFAULTS["table1"], name: value}
+    with pytest.raises(study.ParameterError) as e:
         study.check_parameters(ns, "table1")
+    msg = str(e.value)
+    assert msg.startswith(f"{name}={value!r}: expected") and fix in msg and "\n" not in msg
+
+
+def test_scalars_and_lists_both_pass_the_check():
+    for phases in (10, [5, 10]):
+        ns = {**study.NOTEBOOK_DEFAULTS["table1"], "phases": phases, "seeds": 1993, "methods": "lucir"}
+        assert study.check_parameters(ns, "table1")["phases"] == phases
+
+
+def test_notebook_defaults_are_read_from_the_quick_params_file():
+    """One source: every notebook's defaults are params/quick.yaml's values."""
+    quick = params("quick")
+    for nb, defaults in study.NOTEBOOK_DEFAULTS.items():
+        assert defaults == {k: quick[k] for k in study.NOTEBOOK_PARAMETERS[nb]}, nb
+    assert set(quick) == set(study.ALL_PARAMETERS) | set(study.STUDY_KEYS)
 
 
 def test_check_parameters_reports_a_deleted_parameter():
@@ -441,7 +475,7 @@ def test_table1_report_mean_std_and_delta(tmp_path):
     files = report.save_table(t, tmp_path / "fig")
     assert [f.suffix for f in files] == [".md", ".csv", ".json"]
     md = files[0].read_text()
-    assert "caltech100" in md and "quick profile" in md and "[3p]" in md and "Provenance" in md
+    assert "caltech100" in md and "quick profile" in md and "[3p]" in md and "provenance" in md
     side = json.loads(files[2].read_text())
     assert side["config_hashes"] == sorted(c.config_hash() for c in cs) and side["profile"] == "quick"
     assert math.isclose(float(t.long["delta"].iloc[0]), float(t.long["aia_mean"].iloc[0]) - float(t.long["paper"].iloc[0]))

@@ -1,0 +1,126 @@
+"""What a new user meets first: the card's papermill call, a bad parameter value, the params file
+passed whole, a wrong data location. Each either works as typed or fails in one line naming the fix;
+an execution with other parameters never overwrites another's outputs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from mnemonics_lib import datasets, report, study
+from mnemonics_lib.datasets import DatasetError
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+
+
+def _papermill(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("papermill")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def _rec(spec: str, phases: int, seed: int):
+    c = study.make_run(spec, dataset="caltech100", phases=phases, seed=seed, profile="quick")
+    return SimpleNamespace(config={**c.to_dict(), "config_hash": c.config_hash()})
+
+
+def test_outputs_are_named_by_their_phases_and_seeds():
+    """`-p phases 10` (the card's call) writes other files than `make figures` (N = 5/10/25)."""
+    full = [_rec("lucir", n, s) for n in (5, 10, 25) for s in study.SEEDS]
+    one_n = [r for r in full if r.config["phases"] == 10]
+    one_seed = [r for r in one_n if r.config["seed"] == 1993]
+    names = [report.output_name("table1", recs, dataset="caltech100", profile="quick")
+             for recs in (full, one_n, one_seed)]
+    assert names == ["table1_caltech100_quick_N5-10-25", "table1_caltech100_quick_N10",
+                     "table1_caltech100_quick_N10_seeds1993"]
+    # missing runs count as asked for: the name says what the table holds, found or not
+    missing = [study.make_run("lwf", dataset="caltech100", phases=25, seed=1993, profile="quick")]
+    assert report.output_name("table1", one_seed, dataset="caltech100", profile="quick",
+                              missing=missing) == "table1_caltech100_quick_N10-25_seeds1993"
+
+
+@pytest.fixture
+def no_data_env(monkeypatch):
+    monkeypatch.delenv("MNEMONICS_DATA", raising=False)
+    return monkeypatch
+
+
+def test_mnemonics_data_pointing_at_a_missing_or_empty_folder_is_an_error(tmp_path, no_data_env):
+    no_data_env.setenv("MNEMONICS_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetError, match=r"MNEMONICS_DATA=.*nowhere is not a folder: point it at"):
+        datasets.data_roots()
+    (tmp_path / "empty").mkdir()
+    no_data_env.setenv("MNEMONICS_DATA", str(tmp_path / "empty"))
+    with pytest.raises(DatasetError, match=r"is empty: put the dataset folders there .* or unset it"):
+        datasets.load_dataset("caltech100")
+
+
+def test_mnemonics_data_is_the_only_root_when_set(tmp_path, no_data_env):
+    """Set to a folder that lacks the dataset: not found there, and no silent fall-back."""
+    (tmp_path / "other").mkdir()
+    no_data_env.setenv("MNEMONICS_DATA", str(tmp_path))
+    assert datasets.data_roots() == [tmp_path]
+    with pytest.raises(DatasetError) as e:
+        datasets.load_dataset("caltech100")
+    looked = str(e.value).split("looked at: ", 1)[1].split(". ", 1)[0]
+    assert looked.startswith(str(tmp_path)) and "shared/data/" not in looked
+    no_data_env.delenv("MNEMONICS_DATA")
+    assert datasets.data_roots() == [ROOT / "data", ROOT.parent / "shared" / "data"]
+
+
+def test_user_errors_print_as_one_line_in_a_kernel():
+    """The kernel shows a ParameterError (and the other user errors) as `Type: message`."""
+    pytest.importorskip("IPython")
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from mnemonics_lib import notebook_params
+
+    shell = InteractiveShell.instance()
+    shown = []
+    shell._showtraceback = lambda etype, value, stb: shown.append(stb)
+    try:
+        assert notebook_params.short_user_errors()
+        shell.run_cell("from mnemonics_lib import study\n"
+                       "study.check_parameters({**study.NOTEBOOK_DEFAULTS['table1'], 'phases': 'abc'}, 'table1')")
+    finally:
+        shell.set_custom_exc((), None)
+    assert len(shown) == 1 and len(shown[0]) == 1 and shown[0][0].startswith("ParameterError: phases='abc'")
+
+
+@pytest.mark.slow
+def test_the_cards_papermill_call_works_as_typed_and_keeps_make_figures_outputs(tmp_path):
+    """`papermill notebooks/table1.ipynb out.ipynb -p phases 10` from the repository root, with
+    figures_dir in a tmp folder: it writes the N = 10 table under its own name only."""
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    keep = figs / "table1_caltech100_quick_N5-10-25.md"
+    keep.write_text("make figures' table\n")
+    out = _papermill("notebooks/table1.ipynb", str(tmp_path / "out.ipynb"), "-p", "phases", "10",
+                     "-p", "figures_dir", str(figs))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert keep.read_text() == "make figures' table\n"
+    assert (figs / "table1_caltech100_quick_N10.md").is_file()
+    assert (figs / "table1_caltech100_quick_N10.provenance.json").is_file()
+
+
+@pytest.mark.slow
+def test_params_file_passed_whole_gives_no_unknown_parameter_warning(tmp_path):
+    out = _papermill("notebooks/table1.ipynb", str(tmp_path / "out.ipynb"), "-f", "params/quick.yaml",
+                     "-p", "figures_dir", str(tmp_path / "figs"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "unknown parameter" not in (out.stdout + out.stderr).lower()
+
+
+@pytest.mark.slow
+def test_a_bad_value_from_the_command_line_ends_in_one_line_naming_the_fix(tmp_path):
+    out = _papermill("notebooks/table1.ipynb", str(tmp_path / "out.ipynb"), "-p", "phases", "abc")
+    assert out.returncode != 0
+    cell_part = out.stderr.split('Exception encountered at "In [', 1)[1].strip().splitlines()
+    assert len(cell_part) == 2, cell_part  # the cell number, then the one line
+    assert cell_part[1].startswith("ParameterError: phases='abc': expected an integer or a list of integers")
+    assert '-y "phases: [5, 10]"' in cell_part[1] and "int()" not in out.stderr
