@@ -261,3 +261,39 @@ def _build(tree: FolderTree, final: Path, crop: int, resize: int, workers: int |
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- a run's dataset
+FOLDER_NAMES = {  # folders looked for under the data roots, in order
+    "caltech101_jpeg": ["caltech101_jpeg"],
+    "imagenet_subset": ["imagenet_subset", "imagenet100", "imagenet", "ILSVRC2012"],
+    "imagenet": ["imagenet", "ILSVRC2012"],
+}
+
+
+def tree_for_config(config, roots: list[Path] | None = None) -> FolderTree:
+    """Find and scan the tree of ``config.dataset`` (ImageNet-Subset: the listed classes only,
+    from a full ImageNet tree or a built subset) and check its class count and exemplar budget."""
+    from .datasets import _find
+    from .protocol import NUM_CLASSES, base_classes
+
+    name = config.dataset
+    root = _find(name, FOLDER_NAMES[name], roots,
+                 "Place the train/<class>/ and val/<class>/ folders (ImageNet layout) there; for "
+                 "ImageNet-Subset, scripts/make_imagenet_subset.py builds one from a full ImageNet tree")
+    classes = read_class_list(f"imagenet100_{config.subset_list}") if name == "imagenet_subset" else None
+    tree = scan_tree(root, classes)
+    if len(tree.classes) != NUM_CLASSES[name]:
+        raise DatasetError(f"{root} holds {len(tree.classes)} classes; {name} has {NUM_CLASSES[name]} "
+                           f"(point at the complete tree)")
+    need = (config.memory_per_class if config.memory_mode == "per_class"
+            else config.memory_total // base_classes(config))
+    check_budget(tree, need)
+    return tree
+
+
+def load_for_config(config, roots: list[Path] | None = None, workers: int | None = None) -> ArrayData:
+    """The run's dataset as uint8 arrays at ``config.image`` sizes (decoded once, then cached)."""
+    tree = tree_for_config(config, roots)
+    im = config.image
+    return load_cached(tree, config.dataset, im.crop, im.resize, workers=workers, corrupt=config.corrupt_images)

@@ -144,8 +144,10 @@ class ResizedCropFlip:
     ``draw`` follows torchvision's rule vectorised: 10 candidate (area, log-aspect) pairs per image,
     the first that fits is used, else the whole image clamped to the ratio range, centred; then the
     crop's position and the flip. ``apply`` resamples each box to ``size`` x ``size`` bilinearly
-    with half-pixel centres (``align_corners=False``), the mapping of torchvision's resize; boxes
-    never exceed the image, so no sample reads the padding."""
+    with half-pixel centres (``align_corners=False``), the mapping of torchvision's resize of the
+    cropped box; at the box's edge it interpolates with the image pixel just outside the box
+    where torchvision (which crops first) repeats the edge. Boxes never exceed the image; at the
+    image's border the edge pixel is repeated, as torchvision does."""
 
     size: int
     scale: tuple[float, float] = (0.08, 1.0)
