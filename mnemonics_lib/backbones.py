@@ -69,17 +69,20 @@ class CifarResNet(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 for 224x224 images. forward: (B, 3, 224, 224) -> (B, 512) features."""
+    """ResNet-18 for ImageNet-size images (7x7/2 stem + max-pool, 4 stages of 2 basic blocks).
+    forward: (B, 3, H, W) -> (B, 8 * width) features (512 at the standard width 64); ``width``
+    below 64 only for the smoke profile's tests."""
 
-    def __init__(self, last_relu: bool = True):
+    def __init__(self, last_relu: bool = True, width: int = 64):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = _stage(64, 64, 2, 1, True)
-        self.layer2 = _stage(64, 128, 2, 2, True)
-        self.layer3 = _stage(128, 256, 2, 2, True)
-        self.layer4 = _stage(256, 512, 2, 2, last_relu)
-        self.out_dim = 512
+        w = width
+        self.conv1 = nn.Conv2d(3, w, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.layer1 = _stage(w, w, 2, 1, True)
+        self.layer2 = _stage(w, 2 * w, 2, 2, True)
+        self.layer3 = _stage(2 * w, 4 * w, 2, 2, True)
+        self.layer4 = _stage(4 * w, 8 * w, 2, 2, last_relu)
+        self.out_dim = 8 * w
         _init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,12 +181,16 @@ class IncrementalNet(nn.Module):
 
 def build_net(kind: str, n_classes: int, *, depth: int = 32, width: int = 16, cosine: bool = False,
               image_size: int = 32) -> IncrementalNet:
-    """``kind``: ``resnet`` picks ResNet-(depth) for 32x32 inputs and ResNet-18 above that.
-    ``cosine=True`` gives LUCIR's variant (no last ReLU, cosine head)."""
-    if kind != "resnet":
+    """``kind``: ``resnet`` picks ResNet-(depth) for 32x32 inputs and ResNet-18 above that;
+    ``resnet18`` is the ImageNet ResNet-18 at any input size (the folder datasets), ``width`` its
+    first stage's channels. ``cosine=True`` gives LUCIR's variant (no last ReLU, cosine head)."""
+    if kind not in ("resnet", "resnet18"):
         raise ValueError(f"unknown backbone kind {kind!r}")
     last_relu = not cosine
-    bb = CifarResNet(depth, width, last_relu) if image_size <= 64 else ResNet18(last_relu)
+    if kind == "resnet18":
+        bb = ResNet18(last_relu, width)
+    else:
+        bb = CifarResNet(depth, width, last_relu) if image_size <= 64 else ResNet18(last_relu)
     head = CosineHead(bb.out_dim, n_classes) if cosine else LinearHead(bb.out_dim, n_classes)
     return IncrementalNet(bb, head)
 

@@ -16,7 +16,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-DATASETS = ("cifar100", "cifar10", "caltech100", "imagenet_subset", "imagenet", "synthetic")
+DATASETS = ("cifar100", "cifar10", "caltech100", "imagenet_subset", "imagenet", "synthetic", "caltech101_jpeg")
+# class-folder JPEG trees (ImageNet layout): ResNet-18, random-resized crop, mnemonics_lib.folder_data
+FOLDER_DATASETS = ("imagenet_subset", "imagenet", "caltech101_jpeg")
 METHODS = ("lwf", "icarl", "bic", "lucir")
 EXEMPLARS = ("random", "herding", "mnemonics", "authors_code")
 MEMORY_MODES = ("per_class", "fixed_total")
@@ -72,6 +74,43 @@ SCHEDULES: dict[str, Schedule] = {
         depth=8, width=8, mnemonics_outer_iters=3, eval_batch=256,
     ),
 }
+
+
+# The folder datasets' departures from the profile's schedule (paper.md §2, ImageNet): 90 epochs,
+# lr x0.1 at epochs 30 and 60, ResNet-18 (``depth`` 18; ``width`` its first stage's channels).
+# What paper.md leaves open, chosen as LUCIR's ImageNet code: lr 0.1, batch 128, weight decay 1e-4.
+# quick is the CPU profile of the caltech101_jpeg stand-in (64 px crops, few epochs); smoke a
+# ResNet-18 of width 8 on 32 px crops, for tests.
+_IMAGENET_SCHEDULE = dict(milestones=(1 / 3, 2 / 3), weight_decay=1e-4, depth=18, width=64)
+DATASET_SCHEDULES: dict[str, dict[str, Any]] = {
+    "paper": dict(_IMAGENET_SCHEDULE, base_epochs=90, epochs=90, eval_batch=256),
+    "quick": dict(_IMAGENET_SCHEDULE, base_epochs=12, epochs=6, mnemonics_outer_iters=5, eval_batch=256),
+    "smoke": dict(_IMAGENET_SCHEDULE, depth=18, width=8),
+}
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Input sizes of a folder dataset (mnemonics_lib.folder_data): the network sees ``crop`` x
+    ``crop``; training images are stored at that size (shorter side resized to ``crop``, centre
+    square) and augmented by a random-resized crop (``scale``, ``ratio``) + flip drawn from it;
+    evaluation images are resized to a shorter side of ``resize``, then centre-cropped."""
+
+    crop: int
+    resize: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+
+# crop / resize = 224 / 256 at every profile (the standard evaluation ratio 0.875)
+IMAGE_SETTINGS: dict[str, ImageSettings] = {
+    "paper": ImageSettings(crop=224, resize=256),
+    "quick": ImageSettings(crop=64, resize=73),
+    "smoke": ImageSettings(crop=32, resize=37),
+}
+# the ImageNet-Subset class lists shipped under data/subsets/ (imagenet100_<name>.txt)
+SUBSET_LISTS = ("seed1993",)
+CORRUPT_POLICIES = ("error", "skip")
 
 
 # Per-method departures from the profile's schedule, in that method's own units.
@@ -196,6 +235,11 @@ class RunConfig:
     # seed 0 (the same for every class order and training seed); None keeps them all. The CIFAR-10
     # variant uses 500, CIFAR-100's number of training images per class (see README, Results)
     train_per_class: int | None = None
+    # folder datasets only (absent from the hash of every other dataset): which ImageNet-Subset
+    # class list (data/subsets/imagenet100_<subset_list>.txt), and what to do with a file that
+    # cannot be decoded: stop naming it ("error") or leave it out and count it ("skip")
+    subset_list: str = "seed1993"
+    corrupt_images: str = "error"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -204,6 +248,8 @@ class RunConfig:
     @property
     def schedule(self) -> Schedule:
         s = SCHEDULES[self.profile]
+        if self.is_folder:
+            s = dataclasses.replace(s, **DATASET_SCHEDULES[self.profile])
         own = METHOD_SCHEDULES.get(self.method, {}).get(self.profile)
         if own:
             s = dataclasses.replace(s, **own)
@@ -212,6 +258,15 @@ class RunConfig:
         if self.lr_override is not None:
             s = dataclasses.replace(s, lr=float(self.lr_override))
         return s
+
+    @property
+    def is_folder(self) -> bool:
+        return self.dataset in FOLDER_DATASETS
+
+    @property
+    def image(self) -> ImageSettings | None:
+        """Input sizes of a folder dataset; None for the in-memory 32x32 sets."""
+        return IMAGE_SETTINGS[self.profile] if self.is_folder else None
 
     @property
     def use_balanced_finetune(self) -> bool:
@@ -245,6 +300,12 @@ class RunConfig:
             del d["train_per_class"]  # the same rule: added later, absent when unused
         if self.lr_override is None:
             del d["lr_override"]  # the same rule
+        if self.is_folder:
+            d["image"] = dataclasses.asdict(self.image)
+        else:  # added with the folder datasets: absent elsewhere, so every earlier hash holds
+            del d["corrupt_images"]
+        if self.dataset != "imagenet_subset":
+            del d["subset_list"]
         return d
 
     def config_hash(self) -> str:
@@ -293,6 +354,8 @@ def _validate(c: RunConfig) -> None:
     _choice("memory_mode", c.memory_mode, MEMORY_MODES)
     _choice("class_order", c.class_order, CLASS_ORDERS)
     _choice("profile", c.profile, PROFILES)
+    _choice("subset_list", c.subset_list, SUBSET_LISTS)
+    _choice("corrupt_images", c.corrupt_images, CORRUPT_POLICIES)
     _choice("mnemonics.init", c.mnemonics.init, ("random", "herding"))
     _choice("mnemonics.bn_mode", c.mnemonics.bn_mode, ("eval", "train"))
     _choice("mnemonics.step", c.mnemonics.step, ("per_exemplar", "plain"))

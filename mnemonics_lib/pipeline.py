@@ -108,7 +108,7 @@ def default_prep_chunk(device: torch.device | str, batch_size: int) -> int:
 
 def augmented_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
                       pad_value: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format,
-                      transform=None, chunk_images: int | None = None
+                      transform=None, chunk_images: int | None = None, augmenter: "ResizedCropFlip | None" = None
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One shuffled epoch of augmented ``(x, y)`` batches, prepared ``chunk_images`` at a time
     (default: :func:`default_prep_chunk`).
@@ -117,19 +117,80 @@ def augmented_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generat
     ``memory_format``: the generator is drawn in the same order (the permutation, then each batch's
     offsets and flips in batch order; nothing else draws from it while an epoch trains) and the
     rest is data movement. ``transform`` (e.g. a :class:`Normaliser`) maps gathered images to the
-    network's input; the batches are views into the chunk (contiguous in ``memory_format``)."""
+    network's input; the batches are views into the chunk (contiguous in ``memory_format``).
+    ``augmenter``: another batched augmentation with the same ``draw`` / ``apply`` split (the
+    folder datasets' :class:`ResizedCropFlip`); None is the 32x32 sets' padded crop + flip."""
     chunk_images = default_prep_chunk(x.device, batch_size) if chunk_images is None else chunk_images
     per_chunk = max(1, chunk_images // batch_size) * batch_size  # whole batches, so batches match
+    draw, apply = (draw_augment, apply_augment) if augmenter is None else (augmenter.draw, augmenter.apply)
     # the chunks are batch_indices' batches of per_chunk: one permutation, drawn before any crop
     for idx in batch_indices(len(y), per_chunk, generator, x.device):
         starts = range(0, len(idx), batch_size)
-        draws = [draw_augment(min(batch_size, len(idx) - s), generator, x.device) for s in starts]
+        draws = [draw(min(batch_size, len(idx) - s), generator, x.device) for s in starts]
         xs = x[idx] if transform is None else transform(x[idx])
-        xs = apply_augment(xs, torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws]), pad_value)
+        xs = apply(xs, *(torch.cat(list(d)) for d in zip(*draws)), pad_value)
         xs = xs.contiguous(memory_format=memory_format)
         ys = y[idx]
         for s in starts:
             yield xs[s:s + batch_size], ys[s:s + batch_size]
+
+
+@dataclass(frozen=True)
+class ResizedCropFlip:
+    """torchvision's RandomResizedCrop(size, scale, ratio) + RandomHorizontalFlip for a whole batch,
+    per-sample parameters, one ``grid_sample`` for the batch (the images of a folder set).
+
+    ``draw`` follows torchvision's rule vectorised: 10 candidate (area, log-aspect) pairs per image,
+    the first that fits is used, else the whole image clamped to the ratio range, centred; then the
+    crop's position and the flip. ``apply`` resamples each box to ``size`` x ``size`` bilinearly
+    with half-pixel centres (``align_corners=False``), the mapping of torchvision's resize of the
+    cropped box; at the box's edge it interpolates with the image pixel just outside the box
+    where torchvision (which crops first) repeats the edge. Boxes never exceed the image; at the
+    image's border the edge pixel is repeated, as torchvision does."""
+
+    size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    height: int | None = None  # the stored images' size; None: ``size``
+    width: int | None = None
+
+    def draw(self, n: int, generator: torch.Generator, device: torch.device | str
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes (n, 4) float (top, left, height, width in pixels) and flip flags (n,) bool."""
+        H, W = self.height or self.size, self.width or self.size
+        u = torch.rand(n, 10, 2, generator=generator, device=device)
+        pos = torch.rand(n, 2, generator=generator, device=device)
+        flip = torch.rand(n, generator=generator, device=device) < 0.5
+        area = H * W * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[..., 0])
+        lo, hi = np.log(self.ratio[0]), np.log(self.ratio[1])
+        aspect = torch.exp(lo + (hi - lo) * u[..., 1])
+        w, h = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+        ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
+        first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1, device=device))
+        # fallback (no candidate fits): the whole image, its aspect clamped into the ratio range
+        in_ratio = W / H
+        fw = W if in_ratio <= self.ratio[1] else round(H * self.ratio[1])
+        fh = H if in_ratio >= self.ratio[0] else round(W / self.ratio[0])
+        pick = first.clamp_min(0)[:, None]
+        h = torch.where(first >= 0, h.gather(1, pick)[:, 0], torch.full((n,), float(fh), device=device))
+        w = torch.where(first >= 0, w.gather(1, pick)[:, 0], torch.full((n,), float(fw), device=device))
+        top = torch.floor(pos[:, 0] * (H - h + 1)).clamp_max(H - h)
+        left = torch.floor(pos[:, 1] * (W - w + 1)).clamp_max(W - w)
+        return torch.stack([top, left, h, w], 1), flip
+
+    def apply(self, x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor,
+              pad_value: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W) float -> (B, C, size, size); ``pad_value`` is unused (no box leaves the
+        image) and accepted for :func:`augmented_batches`' call."""
+        b, _, H, W = x.shape
+        top, left, h, w = boxes.to(x.dtype).unbind(1)
+        sx = (w / W) * torch.where(flip, -1.0, 1.0).to(x.dtype)
+        theta = torch.zeros(b, 2, 3, dtype=x.dtype, device=x.device)
+        theta[:, 0, 0], theta[:, 0, 2] = sx, (2 * left + w) / W - 1
+        theta[:, 1, 1], theta[:, 1, 2] = h / H, (2 * top + h) / H - 1
+        grid = torch.nn.functional.affine_grid(theta, [b, x.shape[1], self.size, self.size], align_corners=False)
+        return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                               align_corners=False)
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, device: torch.device | str,

@@ -18,6 +18,7 @@ NUM_CLASSES = {
     "cifar100": 100,
     "cifar10": 10,
     "caltech100": 100,
+    "caltech101_jpeg": 100,
     "imagenet_subset": 100,
     "imagenet": 1000,
 }

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import metrics, protocol
+from . import folder_data, metrics, protocol
 from .backbones import IncrementalNet, build_net, head_sizes
 from .checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
 from .config import RunConfig
@@ -32,7 +32,7 @@ from .evaluation import evaluate_phase
 from .exemplars import exemplar_stage
 from .memory import ExemplarMemory
 from .methods import Method, PhaseContext, get_method
-from .pipeline import (DeviceImages, Normaliser, augmented_batches, make_generator,
+from .pipeline import (DeviceImages, Normaliser, ResizedCropFlip, augmented_batches, make_generator,
                        preferred_memory_format, tune_backends)
 from .results import leg_provenance
 from .steps import bf16_autocast, compiled_backbones, compile_enabled, make_step
@@ -59,23 +59,34 @@ class StudyData:
     norm: Normaliser
     plan: protocol.PhasePlan
     order: np.ndarray
+    augmenter: ResizedCropFlip | None = None  # None: the 32x32 sets' padded crop + flip
 
 
 def prepare_data(config: RunConfig, device: torch.device) -> StudyData:
-    data = load_dataset(config.dataset, synthetic_classes=config.synthetic_classes)
-    if not isinstance(data, ArrayData):
-        raise NotImplementedError(
-            f"{config.dataset}: ImageNet-size training goes through pipeline.folder_loader; the "
-            f"in-memory trainer handles 32x32 sets (see README, 'What is not reproduced here')")
+    """The run's dataset on ``device`` in remapped labels. A folder dataset comes from its uint8
+    cache (:mod:`folder_data`) at ``config.image.crop`` pixels, normalised with the ImageNet
+    statistics and augmented by a batched random-resized crop + flip (``augmenter``)."""
+    augmenter = None
+    if config.is_folder:
+        data = folder_data.load_for_config(config)
+        mean, std = folder_data.IMAGENET_MEAN, folder_data.IMAGENET_STD
+        im = config.image
+        augmenter = ResizedCropFlip(im.crop, tuple(im.scale), tuple(im.ratio))
+    else:
+        data = load_dataset(config.dataset, synthetic_classes=config.synthetic_classes)
+        if not isinstance(data, ArrayData):
+            raise TypeError(f"{config.dataset}: expected an in-memory dataset, got {type(data).__name__}")
+        mean, std = None, None
     if config.train_per_class is not None:
         data = cap_per_class(data, config.train_per_class)
     order = protocol.class_order(config)
     return StudyData(
         train=DeviceImages(data.x_train, protocol.remap_labels(data.y_train, order), device),
         test=DeviceImages(data.x_test, protocol.remap_labels(data.y_test, order), device),
-        norm=Normaliser.create(data.mean, data.std, device),
+        norm=Normaliser.create(mean or data.mean, std or data.std, device),
         plan=protocol.phase_plan(config),
         order=order,
+        augmenter=augmenter,
     )
 
 
@@ -95,6 +106,10 @@ def phase0_key(config: RunConfig, method: Method) -> str:
                   n_base=protocol.phase_plan(config).ends[0], version=1)
     if config.train_per_class is not None:  # absent when unused, so earlier cache keys hold
         fields["train_per_class"] = config.train_per_class
+    if config.is_folder:  # the same rule: what the folder datasets' phase 0 also depends on
+        fields.update(image=config.image.__dict__, corrupt=config.corrupt_images)
+        if config.dataset == "imagenet_subset":
+            fields["subset_list"] = config.subset_list
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -125,7 +140,8 @@ def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, grou
                 set_batchnorm_eval(ctx.model)
             # batches prepared many at a time (pipeline.augmented_batches): the same values as
             # augmenting each batch on its own, in fewer and larger kernels
-            for x, y in augmented_batches(ctx.train_x, ctx.train_y, s.batch_size, ctx.generator, pad, layout):
+            for x, y in augmented_batches(ctx.train_x, ctx.train_y, s.batch_size, ctx.generator, pad, layout,
+                                          augmenter=ctx.state.get("_augmenter")):
                 step(x, y)
             sched.step()
             if on_epoch_end is not None:
@@ -165,7 +181,8 @@ def balanced_finetune(ctx: PhaseContext, method: Method, memory: ExemplarMemory)
 def _build_model(config: RunConfig, method: Method, n_base: int, device: torch.device) -> IncrementalNet:
     torch.manual_seed(config.seed)
     s = config.schedule
-    net = build_net("resnet", n_base, depth=s.depth, width=s.width, cosine=method.cosine_head)
+    kind = "resnet18" if config.is_folder else "resnet"
+    net = build_net(kind, n_base, depth=s.depth, width=s.width, cosine=method.cosine_head)
     return net.to(device).to(memory_format=preferred_memory_format(device))
 
 
@@ -213,7 +230,7 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
     plan = data.plan
     memory = ExemplarMemory()
     per_phase: list[dict[str, Any]] = []
-    method_state: dict[str, Any] = {"_pad": data.norm.pixel_range[0]}
+    method_state: dict[str, Any] = {"_pad": data.norm.pixel_range[0], "_augmenter": data.augmenter}
     model = old_model = None
     start = 0
     legs: list[dict[str, Any]] = []

@@ -4,7 +4,7 @@
 * new-class weights imprinted from the normalised mean feature of each new class, scaled by the
   mean norm of the old weights; old-class weights frozen in later phases (as the LUCIR code does);
 * less-forget constraint: lambda * (1 - cos(f_new(x), f_old(x))), lambda = lambda_base *
-  sqrt(n_old / n_new), lambda_base = 5 on CIFAR (Eq. 6-7);
+  sqrt(n_old / n_new), lambda_base = 5 on CIFAR, 10 on ImageNet and the folder datasets (Eq. 6-7);
 * inter-class separation: margin ranking loss between the ground-truth cosine of each old-class
   sample and its top-K = 2 new-class cosines, margin m = 0.5, weight 1 (Eq. 8);
 * class-balanced fine-tuning is the trainer's switch (``balanced_finetune``).
@@ -23,6 +23,7 @@ class LUCIR(Method):
     name = "lucir"
     cosine_head = True
     lambda_base = 5.0
+    lambda_base_imagenet = 10.0
     K = 2
     margin = 0.5
     lambda_mr = 1.0
@@ -42,7 +43,8 @@ class LUCIR(Method):
         head.grow(ctx.n_new, F.normalize(means, dim=1) * old_norm)
         for w in list(head.weights)[:-1]:
             w.requires_grad_(False)  # LUCIR fixes the old class embeddings
-        ctx.state["lucir_lambda"] = self.lambda_base * math.sqrt(ctx.n_old / ctx.n_new)
+        base = self.lambda_base_imagenet if ctx.config.is_folder else self.lambda_base
+        ctx.state["lucir_lambda"] = base * math.sqrt(ctx.n_old / ctx.n_new)
 
     def loss(self, ctx: PhaseContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model = ctx.model
