@@ -234,8 +234,9 @@ def _rebuild(cfg: dict):
                          ids=lambda p: p.parent.name)
 def test_cached_runs_of_unchanged_methods_keep_their_hashes(path):
     cfg = json.loads(path.read_text())
-    affected = (cfg["method"] in ("bic", "icarl") or cfg["exemplars"] == "mnemonics"
-                or cfg.get("balanced_finetune") is True)
+    computed_before_the_fixes = "method_revision" not in cfg and (cfg.get("mnemonics") or {}).get("step") is None
+    affected = computed_before_the_fixes and (cfg["method"] in ("bic", "icarl") or cfg["exemplars"] == "mnemonics"
+                                              or cfg.get("balanced_finetune") is True)
     rebuilt = _rebuild(cfg).config_hash()
     assert (rebuilt == cfg["config_hash"]) != affected, (
         f"{path.parent.name}: {'affected by a method change but kept' if affected else 'changed'} its hash")
