@@ -418,12 +418,12 @@ def runtime_table(params: Mapping[str, Any], root: Any) -> str:
     lines = ["| notebook | runs in results/ | compute time of those runs: total (median per run) | devices |",
              "|---|---|---|---|"]
     for nb in study.NOTEBOOKS:
-        configs = study.notebook_configs(nb, params)
-        if nb in ("figure1_tsne", "exemplar_images"):
-            recs = study.snapshot_records(configs, root, missing="skip")
+        tasks = study.notebook_tasks(nb, params)  # which ledger holds the notebook's runs
+        if any(t.kind == "snapshot" for t in tasks):
+            recs = study.snapshot_records([t.config for t in tasks], root, missing="skip")
         else:
-            where = study.STUDY_SWEEPS if nb == "sweep_mnemonics" else study.STUDY_RUNS
-            recs = study.run_configs(configs, root, missing="skip", study=where)
+            recs = study.run_configs(tasks, root, missing="skip",
+                                     study=tasks[0].study if tasks else study.STUDY_RUNS)
         walls = [float(r.metrics.get("wall_s_total") or 0.0) for r in recs]
         took = f"{_hours(sum(walls))} ({_hours(statistics.median(walls))})" if walls else ""
         devices = ", ".join(sorted({_short_device(r.env.get("device")) for r in recs}))

@@ -527,9 +527,8 @@ def run_tasks(tasks: Sequence[Task], root: str | os.PathLike, device: str | None
                                    threads=threads or settings.threads)
     todo = launch_order(list({t.key: t for t in todo}.values()), settings.jobs)
     if todo:
-        say(f"{len(outcomes)} cached, {len(todo)} to compute ({settings.executor} executor, "
-            f"{settings.jobs} at a time)" if settings.executor == "local" else
-            f"{len(outcomes)} cached, {len(todo)} to compute ({settings.executor} executor)")
+        at_once = f", {settings.jobs} at a time" if settings.executor == "local" else ""
+        say(f"{len(outcomes)} cached, {len(todo)} to compute ({settings.executor} executor{at_once})")
 
     def expired() -> bool:
         return time_limit is not None and time.perf_counter() - t_start > time_limit
@@ -541,6 +540,19 @@ def run_tasks(tasks: Sequence[Task], root: str | os.PathLike, device: str | None
         outcomes[r.task.key] = Outcome(r.task, r.status, rec, error=r.error, wall_s=r.wall_s, log=r.log,
                                        log_tail=r.log_tail, job_id=r.job_id)
     return [outcomes[t.key] for t in tasks]
+
+
+#: The outcomes after which a task's record is in the ledger.
+SUCCEEDED = ("cached", "copied", "computed")
+
+
+def raise_failures(outs: Sequence[Outcome]) -> None:
+    """Raise one RuntimeError naming every task that did not end in :data:`SUCCEEDED` (its
+    status, error and job log)."""
+    failed = [o for o in outs if o.status not in SUCCEEDED]
+    if failed:
+        raise RuntimeError("; ".join(f"{o.task.describe()}: {o.status}: {o.error}"
+                                     + (f" (log: {o.log})" if o.log else "") for o in failed))
 
 
 class Records(list):
@@ -612,10 +624,7 @@ def run_configs(configs: Sequence[RunConfig | Task], root: str | os.PathLike, de
     order = [t.config.config_hash() for t in tasks]
     if mode == "compute":
         outs = run_tasks(tasks, root, device, jobs=jobs)
-        failed = [o for o in outs if o.status not in ("cached", "copied", "computed")]
-        if failed:
-            raise RuntimeError("; ".join(f"{o.task.describe()}: {o.status}: {o.error}"
-                                         + (f" (log: {o.log})" if o.log else "") for o in failed))
+        raise_failures(outs)
         return Records([o.record for o in outs], order=order, study=study, root=root, mode=mode)
     found, absent = [], []
     for t in tasks:
@@ -671,10 +680,7 @@ def snapshot_records(configs: Sequence[RunConfig], root: str | os.PathLike, devi
     order = [c.config_hash() for c in configs]
     kw = {"order": order, "study": STUDY_SNAPSHOTS, "root": root}
     if mode == "compute":  # computed through the dispatch layer, then read back and checked
-        outs = run_tasks([Task(c, STUDY_SNAPSHOTS, "snapshot") for c in configs], root, device)
-        failed = [o for o in outs if o.status not in ("cached", "computed")]
-        if failed:
-            raise RuntimeError("; ".join(f"{o.task.describe()}: {o.status}: {o.error}" for o in failed))
+        raise_failures(run_tasks([Task(c, STUDY_SNAPSHOTS, "snapshot") for c in configs], root, device))
         return Records([snapshot(c, None, root, compute_missing=False) for c in configs], mode=mode, **kw)
     found, absent = [], []
     for c in configs:

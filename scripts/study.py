@@ -132,7 +132,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(f"sweep first: {len(sweep)} runs choose the mnemonics defaults")
         outs = study.run_tasks(sweep, root, device=args.device, time_limit=limit, progress=print,
                                settings=dataclasses.replace(settings, wait=True), bar=True)
-        if all(o.status in ("cached", "copied", "computed") for o in outs):
+        if all(o.status in study.SUCCEEDED for o in outs):
             choice = study.choose_mnemonics(params)
             print(f"chosen mnemonics settings: {choice['chosen']}")
             tasks = _selected(params, args)  # the mnemonics runs now use the choice
@@ -281,17 +281,21 @@ def main(argv: list[str] | None = None) -> int:
                                                     "else local); see docs/cluster.md")
     r.add_argument("--log-dir", default=None, help="submitit's job files and logs (default: "
                                                    "checkpoints/submitit, ignored by git; on Slurm a shared disk)")
+    from mnemonics_lib.dispatch import SlurmOptions
+
+    slurm = SlurmOptions()  # the flags' defaults are the options' own
     s_ = r.add_argument_group("slurm (with --executor slurm)")
-    s_.add_argument("--partition", default=None)
-    s_.add_argument("--account", default=None)
-    s_.add_argument("--qos", default=None)
-    s_.add_argument("--gpus-per-run", type=int, default=1)
-    s_.add_argument("--cpus-per-run", type=int, default=8, help="also the torch threads of each run")
-    s_.add_argument("--mem-gb", type=int, default=None)
-    s_.add_argument("--time-min", type=int, default=12 * 60,
+    s_.add_argument("--partition", default=slurm.partition)
+    s_.add_argument("--account", default=slurm.account)
+    s_.add_argument("--qos", default=slurm.qos)
+    s_.add_argument("--gpus-per-run", type=int, default=slurm.gpus_per_run)
+    s_.add_argument("--cpus-per-run", type=int, default=slurm.cpus_per_run, help="also the torch threads of each run")
+    s_.add_argument("--mem-gb", type=int, default=slurm.mem_gb)
+    s_.add_argument("--time-min", type=int, default=slurm.time_min,
                     help="each array task's time limit (minutes); at it the run is requeued and resumes "
-                         "from its last phase checkpoint (at most 3 times)")
-    s_.add_argument("--array-parallelism", type=int, default=64, help="array tasks running at once")
+                         f"from its last phase checkpoint (at most {slurm.max_requeue} times)")
+    s_.add_argument("--array-parallelism", type=int, default=slurm.array_parallelism,
+                    help="array tasks running at once")
     s_.add_argument("--slurm-setup", action="append", metavar="LINE",
                     help="shell line run before each task, e.g. 'module load cuda' (repeatable)")
     s_.add_argument("--no-wait", action="store_true",
@@ -307,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the first K tasks of the priority list (after --only)")
     r.add_argument("--dry-run", action="store_true", help="list the tasks and whether each is cached")
     r.add_argument("--results-dir", default=None,
-                   help="read and write runs here instead of the profile's results_dir (a lent GPU machine "
-                        "uses an ignored folder: a second call on the warm machine still finds its runs)")
+                   help="read and write runs here instead of the profile's results_dir (e.g. an ignored "
+                        "folder on a GPU machine: a second call on the same machine still finds its runs)")
     r.set_defaults(func=cmd_results)
     c = sub.add_parser("cost", help="GPU-hours of the selected runs from the costs measured in results/")
     c.add_argument("--profile", default="quick")
