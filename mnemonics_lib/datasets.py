@@ -27,6 +27,11 @@ class DatasetError(RuntimeError):
     """A dataset is missing or damaged; the message names it, where we looked, and the fix."""
 
 
+# ImageNet's per-channel statistics, the usual normalisation for a ResNet-18 on ImageNet-size images
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class ArrayData:
     """A small-image dataset held in memory. x: (N, H, W, 3) uint8; y: (N,) int64 original ids."""
@@ -38,11 +43,16 @@ class ArrayData:
     y_test: np.ndarray
     class_names: tuple[str, ...]
     source: str  # where it was read from, for provenance
+    # normalisation statistics (mean, std) fixed by convention, e.g. ImageNet's for the folder
+    # datasets; None: computed from the training images
+    fixed_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @functools.cached_property
     def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         # computed once per dataset object (cached_property writes the instance __dict__, which
         # a frozen dataclass allows); per-channel statistics of the training images in [0, 1]
+        if self.fixed_stats is not None:
+            return self.fixed_stats
         f = self.x_train.reshape(-1, 3).astype(np.float64) / 255.0
         return tuple(f.mean(0).round(4)), tuple(f.std(0).round(4))
 
@@ -65,9 +75,8 @@ class FolderData:
     class_names: tuple[str, ...]
     source: str
     subset_rule: str = "all"
-    # ImageNet statistics, the usual normalisation for ResNet-18 on ImageNet
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 def data_roots() -> list[Path]:
@@ -218,6 +227,7 @@ def cap_per_class(data: ArrayData, per_class: int, seed: int = 0) -> ArrayData:
         name=data.name, x_train=data.x_train[keep], y_train=data.y_train[keep],
         x_test=data.x_test, y_test=data.y_test, class_names=data.class_names,
         source=data.source + f" (at most {per_class} training images per class, subset seed {seed})",
+        fixed_stats=data.fixed_stats,
     )
 
 

@@ -35,14 +35,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .datasets import IMG_EXTENSIONS, PROJECT_ROOT, ArrayData, DatasetError
+from .datasets import IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, PROJECT_ROOT, ArrayData, DatasetError
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 # ImageNet statistics: the usual normalisation for ResNet-18 on ImageNet, used for every folder set
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SUBSETS_DIR = PROJECT_ROOT / "data" / "subsets"
 
 
@@ -232,7 +230,8 @@ def load_cached(tree: FolderTree, name: str, crop: int, resize: int, *, workers:
     note = f" ({len(skipped)} undecodable file(s) skipped, listed in {final / 'manifest.json'})" if skipped else ""
     return ArrayData(name=name, x_train=arr["train_x"], y_train=np.asarray(arr["train_y"]),
                      x_test=arr["val_x"], y_test=np.asarray(arr["val_y"]), class_names=tree.classes,
-                     source=f"{tree.root} (cache {final.name}){note}")
+                     source=f"{tree.root} (cache {final.name}){note}",
+                     fixed_stats=(IMAGENET_MEAN, IMAGENET_STD))
 
 
 def _build(tree: FolderTree, final: Path, crop: int, resize: int, workers: int | None, corrupt: str) -> None:

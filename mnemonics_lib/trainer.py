@@ -69,21 +69,19 @@ def prepare_data(config: RunConfig, device: torch.device) -> StudyData:
     augmenter = None
     if config.is_folder:
         data = folder_data.load_for_config(config)
-        mean, std = folder_data.IMAGENET_MEAN, folder_data.IMAGENET_STD
         im = config.image
         augmenter = ResizedCropFlip(im.crop, tuple(im.scale), tuple(im.ratio))
     else:
         data = load_dataset(config.dataset, synthetic_classes=config.synthetic_classes)
         if not isinstance(data, ArrayData):
             raise TypeError(f"{config.dataset}: expected an in-memory dataset, got {type(data).__name__}")
-        mean, std = None, None
     if config.train_per_class is not None:
         data = cap_per_class(data, config.train_per_class)
     order = protocol.class_order(config)
     return StudyData(
         train=DeviceImages(data.x_train, protocol.remap_labels(data.y_train, order), device),
         test=DeviceImages(data.x_test, protocol.remap_labels(data.y_test, order), device),
-        norm=Normaliser.create(mean or data.mean, std or data.std, device),
+        norm=Normaliser.create(data.mean, data.std, device),
         plan=protocol.phase_plan(config),
         order=order,
         augmenter=augmenter,
