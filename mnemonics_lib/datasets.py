@@ -3,7 +3,8 @@
 Roots searched: ``$MNEMONICS_DATA`` alone when it is set (an empty or missing folder is an error),
 else ``<project>/data``, then the offline copies in ``<project>/../shared/data``. 32x32 sets come
 back as :class:`ArrayData` (uint8 NHWC arrays held in memory, labels in *original* class ids);
-ImageNet-size sets as :class:`FolderData` (file lists read by a worker DataLoader). Class-order remapping happens later, in :mod:`protocol`.
+class-folder JPEG trees are read by :mod:`folder_data`. Class-order remapping happens later, in
+:mod:`protocol`.
 """
 from __future__ import annotations
 
@@ -63,20 +64,6 @@ class ArrayData:
     @property
     def std(self) -> tuple[float, ...]:
         return self._stats[1]
-
-
-@dataclass(frozen=True)
-class FolderData:
-    """An ImageFolder-style dataset: lists of (path, original class id)."""
-
-    name: str
-    train: tuple[tuple[str, int], ...]
-    test: tuple[tuple[str, int], ...]
-    class_names: tuple[str, ...]
-    source: str
-    subset_rule: str = "all"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
 
 
 def data_roots() -> list[Path]:
@@ -232,44 +219,12 @@ def cap_per_class(data: ArrayData, per_class: int, seed: int = 0) -> ArrayData:
 
 
 # ---------------------------------------------------------------- ImageFolder trees
-def _list_images(folder: Path, classes: list[str]) -> tuple[tuple[str, int], ...]:
-    out = []
-    for i, c in enumerate(classes):
-        d = folder / c
-        if not d.is_dir():
-            raise DatasetError(f"class folder {d} is missing; the tree must hold one folder per class")
-        out += [(str(p), i) for p in sorted(d.iterdir()) if p.suffix in IMG_EXTENSIONS]
-    return tuple(out)
-
-
 def imagenet_subset_wnids(all_wnids: list[str], seed: int = 1993, k: int = 100) -> list[str]:
     """The seed-1993 ImageNet-Subset rule (paper.md §2): ``np.random.seed(1993)`` then choose
     ``k`` of the *sorted* wnids without replacement. Returned in the chosen (not sorted) order."""
     wnids = sorted(all_wnids)
     idx = np.random.RandomState(seed).choice(len(wnids), k, replace=False)
     return [wnids[i] for i in idx]
-
-
-def read_image_folder(root: Path, name: str, subset_seed: int | None = None) -> FolderData:
-    """``root/train/<class>/*`` and ``root/val/<class>/*``; with ``subset_seed`` keep the
-    100-class seed rule subset (class ids are positions in the sorted chosen list)."""
-    train_dir, val_dir = root / "train", root / "val"
-    if not train_dir.is_dir() or not val_dir.is_dir():
-        raise DatasetError(f"{root} must contain train/ and val/ class folders (ImageFolder layout)")
-    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
-    rule = "all"
-    if subset_seed is not None:
-        if len(classes) < 100:
-            raise DatasetError(
-                f"{train_dir} holds {len(classes)} class folders; the ImageNet-Subset rule needs the "
-                f"full ImageNet train tree (1000 wnids)"
-            )
-        classes = sorted(imagenet_subset_wnids(classes, subset_seed))
-        rule = f"np.random.seed({subset_seed}); choice(sorted wnids, 100, replace=False)"
-    return FolderData(
-        name=name, train=_list_images(train_dir, classes), test=_list_images(val_dir, classes),
-        class_names=tuple(classes), source=str(root), subset_rule=rule,
-    )
 
 
 # ---------------------------------------------------------------- synthetic
@@ -298,7 +253,7 @@ def make_synthetic(n_classes: int = 20, per_class_train: int = 60, per_class_tes
 
 # ---------------------------------------------------------------- entry point
 def load_dataset(name: str, *, roots: list[Path] | None = None, download: bool = False,
-                 synthetic_classes: int = 20) -> ArrayData | FolderData:
+                 synthetic_classes: int = 20) -> ArrayData:
     """Load a dataset by name (see :data:`mnemonics_lib.config.DATASETS`)."""
     key_roots = None if roots is None else tuple(str(r) for r in roots)
     return _load_cached(name, key_roots, download, synthetic_classes)
@@ -306,7 +261,7 @@ def load_dataset(name: str, *, roots: list[Path] | None = None, download: bool =
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(name: str, roots_key: tuple[str, ...] | None, download: bool,
-                 synthetic_classes: int) -> ArrayData | FolderData:
+                 synthetic_classes: int) -> ArrayData:
     roots = None if roots_key is None else [Path(r) for r in roots_key]
     if name == "synthetic":
         return make_synthetic(synthetic_classes)
@@ -325,8 +280,8 @@ def _load_cached(name: str, roots_key: tuple[str, ...] | None, download: bool,
                   "It is the 32x32 Caltech-101 copy (train.npz, test.npz, classes.txt, SHA256SUMS) "
                   "shipped in ../shared/data/caltech101_32")
         return drop_class(read_npz_folder(p, "caltech101_32"), "Faces_easy", "caltech100")
-    if name in ("imagenet", "imagenet_subset"):
-        p = _find(name, ["imagenet", "ILSVRC2012"], roots,
-                  "Place the ILSVRC-2012 train/ and val/ class folders (ImageFolder layout) there")
-        return read_image_folder(p, name, subset_seed=1993 if name == "imagenet_subset" else None)
+    if name in ("imagenet", "imagenet_subset", "caltech101_jpeg"):
+        # a folder tree is decoded at a run's image sizes, so it is read from a RunConfig
+        raise DatasetError(f"{name} is a folder dataset: read it with "
+                           f"mnemonics_lib.folder_data.load_for_config(config)")
     raise DatasetError(f"unknown dataset {name!r}")

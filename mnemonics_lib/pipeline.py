@@ -222,34 +222,3 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
-
-
-# ------------------------------------------------------------------ ImageNet-size data
-def folder_loader(samples: Sequence[tuple[str, int]], label_map: np.ndarray, mean: Sequence[float],
-                  std: Sequence[float], train: bool, batch_size: int, workers: int = 8,
-                  seed: int = 0) -> torch.utils.data.DataLoader:
-    """A worker DataLoader for ImageFolder samples (RandomResizedCrop 224 + flip for training,
-    resize 256 + centre crop 224 for evaluation, as paper.md §2). Labels are remapped here."""
-    from torchvision import transforms
-    from torchvision.datasets.folder import default_loader
-
-    if train:
-        tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-                                 transforms.ToTensor(), transforms.Normalize(mean, std)])
-    else:
-        tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224),
-                                 transforms.ToTensor(), transforms.Normalize(mean, std)])
-
-    class _Samples(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(samples)
-
-        def __getitem__(self, i: int):
-            path, y = samples[i]
-            return tf(default_loader(path)), int(label_map[y])
-
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return torch.utils.data.DataLoader(_Samples(), batch_size=batch_size, shuffle=train,
-                                       num_workers=workers, generator=g, pin_memory=True,
-                                       persistent_workers=workers > 0)

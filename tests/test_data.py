@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mnemonics_lib import datasets
-from mnemonics_lib.datasets import ArrayData, DatasetError, FolderData, load_dataset
+from mnemonics_lib.datasets import ArrayData, DatasetError, load_dataset
 
 SHARED_DATA = Path("/work/shared/data")
 
@@ -98,12 +97,6 @@ def write_npz_folder(folder: Path, parts: dict[str, tuple[np.ndarray, np.ndarray
     (folder / "SHA256SUMS").write_text("".join(f"{_sha256(folder / f)}  {f}\n" for f in files))
 
 
-def _save_image(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path)
-
-
-# ------------------------------------------------------------------ CIFAR pickles
 def test_cifar10_pickles(tmp_path):
     x, y, xt, yt = write_cifar10(tmp_path)
     d = load_dataset("cifar10", roots=[tmp_path])
@@ -203,8 +196,6 @@ def test_file_listed_in_checksums_but_missing(tmp_path):
     ("cifar100", "download=True"),
     ("cifar10", "download=True"),
     ("caltech100", "caltech101_32"),
-    ("imagenet", "ILSVRC-2012"),
-    ("imagenet_subset", "ILSVRC-2012"),
 ])
 def test_missing_dataset_error(tmp_path, name, hint):
     roots = [tmp_path / "a", tmp_path / "b"]
@@ -243,36 +234,6 @@ def test_caltech100_drops_faces_easy_and_renumbers(tmp_path):
 
 
 # ------------------------------------------------------------------ ImageFolder trees
-def test_imagenet_image_folder(tmp_path):
-    root = tmp_path / "imagenet"
-    rng = np.random.RandomState(0)
-    wnids = ["n01440764", "n01443537", "n01484850"]
-    for k, w in enumerate(wnids):
-        for i in range(2):
-            ext = ".JPEG" if i == 0 else ".png"
-            img = rng.randint(0, 256, (20 + k, 24, 3)).astype(np.uint8)
-            _save_image(root / "train" / w / f"{w}_{i}{ext}", img)
-        img = rng.randint(0, 256, (16, 16, 3)).astype(np.uint8)
-        _save_image(root / "val" / w / f"ILSVRC2012_val_{k:08d}.JPEG", img)
-    (root / "train" / wnids[0] / "notes.txt").write_text("not an image")
-    d = load_dataset("imagenet", roots=[tmp_path])
-    assert isinstance(d, FolderData) and d.class_names == tuple(wnids) and d.subset_rule == "all"
-    assert len(d.train) == 6 and len(d.test) == 3
-    assert [lab for _, lab in d.train] == [0, 0, 1, 1, 2, 2]
-    assert [Path(p).name for p, _ in d.train[:2]] == ["n01440764_0.JPEG", "n01440764_1.png"]
-    assert [lab for _, lab in d.test] == [0, 1, 2]
-    assert all(Path(p).is_file() for p, _ in d.train + d.test)
-    # the files really are images of the stored size
-    with Image.open(d.train[2][0]) as im:
-        assert im.size == (24, 21)
-
-
-def test_image_folder_needs_train_and_val(tmp_path):
-    (tmp_path / "imagenet" / "train" / "n0").mkdir(parents=True)
-    with pytest.raises(DatasetError, match="train/ and val/"):
-        load_dataset("imagenet", roots=[tmp_path])
-
-
 def _fake_wnids(n: int = 1000) -> list[str]:
     return [f"n{1000000 + 37 * i:08d}" for i in range(n)]
 
@@ -290,36 +251,12 @@ def test_imagenet_subset_rule_is_seed1993_choice_on_sorted_wnids():
     assert datasets.imagenet_subset_wnids(wnids, seed=0) != got
 
 
-def test_imagenet_subset_reader_keeps_the_100_rule_classes(tmp_path):
-    root = tmp_path / "ILSVRC2012"
-    wnids = _fake_wnids()
-    for w in wnids:
-        (root / "train" / w).mkdir(parents=True)
-        (root / "val" / w).mkdir(parents=True)
-    chosen = datasets.imagenet_subset_wnids(wnids)
-    kept = sorted(chosen)
-    not_chosen = next(w for w in wnids if w not in chosen)
-    px = np.full((8, 8, 3), 128, np.uint8)
-    for w in (kept[0], kept[57], not_chosen):
-        _save_image(root / "train" / w / "a.JPEG", px)
-        _save_image(root / "val" / w / "b.JPEG", px)
-    d = load_dataset("imagenet_subset", roots=[tmp_path])
-    assert d.name == "imagenet_subset" and "1993" in d.subset_rule
-    assert d.class_names == tuple(kept)
-    assert [lab for _, lab in d.train] == [0, 57] and [lab for _, lab in d.test] == [0, 57]
-    assert all(not_chosen not in p for p, _ in d.train + d.test)
+@pytest.mark.parametrize("name", ["imagenet", "imagenet_subset", "caltech101_jpeg"])
+def test_folder_datasets_are_read_through_a_run_config(name):
+    with pytest.raises(DatasetError, match="folder_data.load_for_config"):
+        load_dataset(name, roots=[])
 
 
-def test_imagenet_subset_needs_the_full_tree(tmp_path):
-    root = tmp_path / "imagenet"
-    for w in _fake_wnids(10):
-        (root / "train" / w).mkdir(parents=True)
-        (root / "val" / w).mkdir(parents=True)
-    with pytest.raises(DatasetError, match="holds 10 class folders"):
-        load_dataset("imagenet_subset", roots=[tmp_path])
-
-
-# ------------------------------------------------------------------ synthetic
 def test_synthetic_is_deterministic_and_class_structured():
     a, b = datasets.make_synthetic(5, 6, 2, seed=0), datasets.make_synthetic(5, 6, 2, seed=0)
     assert np.array_equal(a.x_train, b.x_train) and a.x_train.shape == (30, 32, 32, 3)

@@ -296,3 +296,14 @@ def test_folder_run_refuses_a_short_class(tiny_caltech, tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match=r"100 class\(es\).*fewer.*than the 5 exemplars"):
         run_incremental(cfg, "cpu", checkpoints=False)
     assert not (tmp_path / "cache").exists()  # refused before anything was decoded
+
+
+@pytest.mark.parametrize("name", ["imagenet", "imagenet_subset", "caltech101_jpeg"])
+def test_missing_folder_dataset_names_the_roots_and_the_fix(tmp_path, name):
+    roots = [tmp_path / "a", tmp_path / "b"]
+    cfg = make_config(dataset=name, profile="smoke", method="lucir")
+    with pytest.raises(DatasetError) as err:
+        folder_data.tree_for_config(cfg, roots)
+    msg = str(err.value)
+    assert f"dataset {name!r} not found" in msg and str(roots[0]) in msg and str(roots[1]) in msg
+    assert "train/<class>/" in msg and "make_imagenet_subset.py" in msg

@@ -3,10 +3,9 @@ RandomHorizontalFlip on the raw image, the normaliser, device-resident splits an
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mnemonics_lib.pipeline import (
-    DeviceImages, Normaliser, augment, augmented_batches, batch_indices, folder_loader, make_generator)
+    DeviceImages, Normaliser, augment, augmented_batches, batch_indices, make_generator)
 
 MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
@@ -139,27 +138,3 @@ def test_batches_prepared_in_chunks_equal_batches_augmented_one_at_a_time(layout
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
             assert xb.is_contiguous(memory_format=layout)
         assert torch.equal(g_one.get_state(), g_chunk.get_state())
-
-
-@pytest.mark.filterwarnings("ignore:'pin_memory' argument")
-def test_folder_loader_eval_transform(tmp_path):
-    rng = np.random.RandomState(0)
-    samples = []
-    for i, size in enumerate([(40, 30), (300, 280)]):
-        p = tmp_path / f"img{i}.png"
-        Image.fromarray(rng.randint(0, 256, size=size + (3,)).astype(np.uint8)).save(p)
-        samples.append((str(p), i))
-    p = tmp_path / "flat.png"  # one flat colour survives resize + crop exactly
-    Image.fromarray(np.full((64, 64, 3), (255, 0, 128), np.uint8)).save(p)
-    samples.append((str(p), 2))
-    label_map = np.array([2, 0, 1])
-    loader = folder_loader(samples, label_map, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                           train=False, batch_size=3, workers=0)
-    xb, yb = next(iter(loader))
-    assert xb.shape == (3, 3, 224, 224) and xb.dtype == torch.float32
-    assert yb.tolist() == [2, 0, 1]
-    expected = (np.array([255, 0, 128]) / 255 - np.array([0.485, 0.456, 0.406])) / np.array(
-        [0.229, 0.224, 0.225])
-    np.testing.assert_allclose(xb[2].mean((1, 2)).numpy(), expected, atol=1e-5)
-    np.testing.assert_allclose(xb[2].std((1, 2)).numpy(), 0, atol=1e-5)
-
