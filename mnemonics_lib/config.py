@@ -109,7 +109,7 @@ IMAGE_SETTINGS: dict[str, ImageSettings] = {
     "smoke": ImageSettings(crop=32, resize=37),
 }
 # the ImageNet-Subset class lists shipped under data/subsets/ (imagenet100_<name>.txt)
-SUBSET_LISTS = ("seed1993",)
+SUBSET_LISTS = ("seed1993", "podnet")
 CORRUPT_POLICIES = ("error", "skip")
 
 

@@ -235,6 +235,11 @@ def test_shipped_class_lists():
     from mnemonics_lib.datasets import imagenet_subset_wnids
     assert sub == imagenet_subset_wnids(all_wnids)  # the seed-1993 rule, in the chosen order
     assert sub[:3] == ["n01729322", "n01514668", "n04550184"]
+    podnet = read_class_list("imagenet100_podnet")
+    assert podnet == all_wnids[:100]  # PODNet's split files hold the first 100 sorted wnids
+    assert len(set(podnet) & set(sub)) == 9
+    for name in ("seed1993", "podnet"):
+        assert make_config(dataset="imagenet_subset", subset_list=name).subset_list == name
     with pytest.raises(DatasetError, match="known lists"):
         read_class_list("imagenet100_other")
 
