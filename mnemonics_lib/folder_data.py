@@ -296,3 +296,23 @@ def load_for_config(config, roots: list[Path] | None = None, workers: int | None
     tree = tree_for_config(config, roots)
     im = config.image
     return load_cached(tree, config.dataset, im.crop, im.resize, workers=workers, corrupt=config.corrupt_images)
+
+
+def resident_bytes(n_train: int, n_val: int, largest_phase: int, crop: int) -> int:
+    """Device bytes a run holds for its data: the uint8 train and val images (the whole split stays
+    on the device) and the normalised float32 copy of the largest phase's training set."""
+    px = 3 * crop * crop
+    return (n_train + n_val) * px + largest_phase * px * 4
+
+
+def check_fits(data: ArrayData, largest_phase: int, crop: int, device: torch.device) -> None:
+    """Refuse, before any training, a folder dataset whose device-resident images exceed the GPU."""
+    if device.type != "cuda":
+        return
+    need = resident_bytes(len(data.y_train), len(data.y_test), largest_phase, crop)
+    have = torch.cuda.get_device_properties(device).total_memory
+    if need > 0.9 * have:
+        raise DatasetError(f"{data.name} at {crop} px needs {need / 2**30:.1f} GiB of device memory for its "
+                           f"images (uint8 splits + the float32 phase set) and {device} has "
+                           f"{have / 2**30:.1f} GiB; use a smaller crop (profile) or a GPU with more memory "
+                           f"(docs/imagenet.md, memory)")

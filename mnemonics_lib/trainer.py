@@ -78,6 +78,9 @@ def prepare_data(config: RunConfig, device: torch.device) -> StudyData:
     if config.train_per_class is not None:
         data = cap_per_class(data, config.train_per_class)
     order = protocol.class_order(config)
+    if config.is_folder:  # phase 0 (half the classes) is the largest float32 phase set
+        base = np.isin(data.y_train, order[:protocol.phase_plan(config).ends[0]])
+        folder_data.check_fits(data, int(base.sum()), config.image.crop, torch.device(device))
     return StudyData(
         train=DeviceImages(data.x_train, protocol.remap_labels(data.y_train, order), device),
         test=DeviceImages(data.x_test, protocol.remap_labels(data.y_test, order), device),

@@ -312,3 +312,17 @@ def test_missing_folder_dataset_names_the_roots_and_the_fix(tmp_path, name):
     msg = str(err.value)
     assert f"dataset {name!r} not found" in msg and str(roots[0]) in msg and str(roots[1]) in msg
     assert "train/<class>/" in msg and "make_imagenet_subset.py" in msg
+
+
+def test_resident_bytes_and_the_device_memory_check(monkeypatch):
+    # ImageNet-Subset at 224 px: 100 x 1300 train + 5000 val uint8, phase 0's 65000 images float32
+    need = folder_data.resident_bytes(130_000, 5_000, 65_000, 224)
+    assert need == 135_000 * 150_528 + 65_000 * 602_112
+    fake = type("Props", (), {"total_memory": 80 * 2**30})()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: fake)
+    small = type("D", (), {"name": "imagenet_subset", "y_train": np.zeros(130_000), "y_test": np.zeros(5_000)})()
+    folder_data.check_fits(small, 65_000, 224, torch.device("cuda"))  # 55.4 GiB of 80: fits
+    big = type("D", (), {"name": "imagenet", "y_train": np.zeros(1_281_167), "y_test": np.zeros(50_000)})()
+    with pytest.raises(DatasetError, match=r"needs 5\d\d\.\d GiB .* has 80\.0 GiB"):
+        folder_data.check_fits(big, 640_000, 224, torch.device("cuda"))
+    folder_data.check_fits(big, 640_000, 224, torch.device("cpu"))  # host memory is not checked
