@@ -29,8 +29,10 @@ class Normaliser:
         return cls(m, s)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) uint8 -> float32 normalised."""
-        return (x_uint8.float().div_(255.0) - self.mean) / self.std
+        """(B, 3, H, W) uint8 -> float32 normalised: ``(x / 255 - mean) / std``, computed in place
+        in one new tensor (the same values as the three-temporary expression; a large fresh
+        tensor costs its page faults, which dominate this step on CPUs)."""
+        return x_uint8.to(torch.float32, copy=True).div_(255.0).sub_(self.mean).div_(self.std)
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised float -> [0, 1] float (for display and uint8 rounding)."""

@@ -95,6 +95,10 @@ def test_normaliser_values_and_round_trip(norm, raw):
     np.testing.assert_allclose(lo.flatten().numpy(), -np.array(MEAN) / np.array(STD), rtol=1e-6)
     np.testing.assert_allclose(hi.flatten().numpy(), (1 - np.array(MEAN)) / np.array(STD), rtol=1e-6)
     assert torch.equal(norm(torch.zeros(1, 3, 1, 1, dtype=torch.uint8)), lo)
+    # bit for bit the expression cached runs were computed with; a float input is not modified
+    assert torch.equal(x, (raw.float() / 255.0 - norm.mean) / norm.std)
+    xf = raw.float()
+    assert torch.equal(norm(xf), x) and torch.equal(xf, raw.float())
 
 
 def test_device_images_layout_and_select():
