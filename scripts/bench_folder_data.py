@@ -17,7 +17,8 @@ tensors of crop x crop out):
 ``ratio_vs_imagefolder`` = study images/s / reference images/s per epoch, median of ``--repeats``
 interleaved pairs. The cache build (a one-time decode with the same worker count) is timed too and
 reported as its own rate and as the ratio over a run's first epoch (build + one epoch). Evaluation
-(resize + centre crop) is timed the same way. The result goes to results/bench/<utc>-<device>-folder-data.json.
+(resize + centre crop) is timed the same way. ``--train-device cuda`` adds ResNet-18 training images/s
+end to end, compute alone on a fixed batch, and the input's share of the time (does the GPU wait?). The result goes to results/bench/<utc>-<device>-folder-data.json.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mnemonics_lib.backbones import build_net  # noqa: E402
 from mnemonics_lib.config import IMAGE_SETTINGS  # noqa: E402
 from mnemonics_lib.datasets import IMAGENET_MEAN, IMAGENET_STD, data_roots  # noqa: E402
 from mnemonics_lib.folder_data import load_cached, scan_tree  # noqa: E402
@@ -76,11 +78,60 @@ def study_epoch(x_u8: torch.Tensor, y: torch.Tensor, crop: int, train: bool, see
     return n, time.perf_counter() - t0
 
 
+def train_throughput(x_u8: torch.Tensor, y: torch.Tensor, crop: int, device: str, batches: int,
+                     amp: bool) -> dict:
+    """End-to-end ResNet-18 training images/s on ``device`` with the study's pipeline, and how much
+    of a step the input takes: the same batches timed as input only, as steps on a fixed batch, and
+    both together (synchronised per phase on CUDA)."""
+    dev = torch.device(device)
+    x_u8, y = x_u8.to(dev), y.to(dev)
+    net = build_net("resnet18", int(y.max()) + 1).to(dev).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    norm = Normaliser.create(IMAGENET_MEAN, IMAGENET_STD, dev)
+    aug = ResizedCropFlip(crop)
+
+    def batches_of(seed: int):
+        it = augmented_batches(x_u8, y, BATCH, make_generator(seed, dev), norm.pixel_range[0],
+                               torch.channels_last, transform=norm, augmenter=aug)
+        for k, b in enumerate(it):
+            if k == batches:
+                return
+            yield b
+
+    def step(xb, yb):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(net(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def timed(fn) -> float:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    fixed = next(batches_of(0))
+    for _ in range(3):  # warm-up (cuDNN autotuning, allocator)
+        step(*fixed)
+    n = sum(len(b) for _, b in batches_of(1))
+    input_s = timed(lambda: [None for _ in batches_of(1)])
+    compute_s = timed(lambda: [step(*fixed) for _ in range(batches)])
+    end_s = timed(lambda: [step(xb, yb) for xb, yb in batches_of(2)])
+    return {"device": str(dev), "amp_bf16": amp, "batches": batches, "images": n,
+            "input_images_per_s": n / input_s, "compute_images_per_s": batches * BATCH / compute_s,
+            "end_to_end_images_per_s": n / end_s, "input_share_of_step": input_s / end_s}
+
+
 def _nchw(a) -> torch.Tensor:
     return torch.from_numpy(a.copy()).permute(0, 3, 1, 2).contiguous()
 
 
-def bench_size(root: Path, profile: str, workers: int, repeats: int) -> dict:
+def bench_size(root: Path, profile: str, workers: int, repeats: int, train_device: str | None = None,
+               train_batches: int = 20, amp: bool = False) -> dict:
     im = IMAGE_SETTINGS[profile]
     tree = scan_tree(root)
     with tempfile.TemporaryDirectory() as cache:
@@ -105,6 +156,8 @@ def bench_size(root: Path, profile: str, workers: int, repeats: int) -> dict:
                     "study_images_per_s": statistics.median(ours),
                     "imagefolder_runs": ref, "study_runs": ours,
                     "ratio_vs_imagefolder": statistics.median(ours) / statistics.median(ref)}
+    if train_device:
+        out["training"] = train_throughput(xs[True], ys[True], im.crop, train_device, train_batches, amp)
     tr = out["train"]
     first = build_s + tr["images"] / tr["study_images_per_s"]
     out["train"]["ratio_first_epoch"] = (tr["images"] / tr["imagefolder_images_per_s"]) / first
@@ -129,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="DataLoader workers of the reference = threads of the study pipeline")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-device", default=None,
+                    help="also time ResNet-18 training end to end on this device (cpu, cuda)")
+    ap.add_argument("--train-batches", type=int, default=20)
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast in the training measurement")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     a = ap.parse_args(argv)
     root = a.root or next((r / "caltech101_jpeg" for r in data_roots() if (r / "caltech101_jpeg").is_dir()), None)
@@ -136,19 +193,22 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("error: no caltech101_jpeg folder under the data roots; pass --root <tree with train/ and val/>")
     torch.set_num_threads(a.workers)
     t0 = time.perf_counter()
-    sizes = {p: bench_size(root, p, a.workers, a.repeats) for p in a.sizes.split(",")}
+    sizes = {p: bench_size(root, p, a.workers, a.repeats, a.train_device, a.train_batches, a.amp)
+             for p in a.sizes.split(",")}
     rec = {
         "schema": "folder-data-bench/1", "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": root.name, "root": str(root), "batch": BATCH, "workers": a.workers, "repeats": a.repeats,
         "device": {"type": "cpu", "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                   "machine": platform.machine(), "load_avg_at_start": os.getloadavg()},
+                   "machine": platform.machine(), "load_avg_at_start": os.getloadavg(),
+                   "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "provenance": {"commit": _commit(), "torch": torch.__version__, "python": platform.python_version()},
         "sizes": sizes, "ratio_vs_imagefolder": {p: s["ratio_vs_imagefolder"] for p, s in sizes.items()},
         "wall_s": time.perf_counter() - t0,
     }
     a.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = a.out / f"{stamp}-cpu-{a.workers}w-folder-data.json"
+    kind = "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name().lower().replace(" ", "-")
+    path = a.out / f"{stamp}-{kind}-{a.workers}w-folder-data.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(rec, indent=1))
     os.replace(tmp, path)
@@ -157,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['train']['imagefolder_images_per_s']:.0f} img/s -> {s['ratio_vs_imagefolder']:.2f}x "
               f"(first epoch incl. cache build {s['train']['ratio_first_epoch']:.2f}x); eval "
               f"{s['eval']['ratio_vs_imagefolder']:.2f}x; cache build {s['cache_build_images_per_s']:.0f} img/s")
+        if "training" in s:
+            t = s["training"]
+            print(f"  training on {t['device']}: {t['end_to_end_images_per_s']:.0f} img/s end to end, "
+                  f"{t['compute_images_per_s']:.0f} compute only, input {t['input_share_of_step']:.0%} of the time")
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
 
