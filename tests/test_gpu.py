@@ -19,10 +19,10 @@ import statistics
 import pytest
 import torch
 
-from mnemonics_lib import bench
 from mnemonics_lib.config import make_config
 from mnemonics_lib.steps import TOTALS as GRAPH_TOTALS
 from mnemonics_lib.trainer import run_incremental
+from tools import bench
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -54,7 +54,7 @@ def test_benchmark_runs_on_cuda_at_tiny_sizes():
 
 def test_step_profile_on_cuda_at_tiny_sizes():
     """The kernel profile reads CUDA kernels (not host operators) for all three variants."""
-    from mnemonics_lib.step_profile import profile_training_step
+    from tools.step_profile import profile_training_step
 
     sizes = bench.BenchSizes(n_classes=4, per_class_train=16, per_class_test=2, depth=8, width=8,
                              batch=16, train_steps=2, warmup_steps=1)
