@@ -7,7 +7,7 @@ works in that remapped space.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -127,12 +127,3 @@ def memory_budget_table(config: "RunConfig") -> list[dict[str, int]]:
         m = exemplars_per_class(config, seen)
         rows.append({"phase": p, "seen_classes": seen, "per_class": m, "total": m * seen})
     return rows
-
-
-def describe(config: "RunConfig", order: Sequence[int] | None = None) -> str:
-    plan = phase_plan(config)
-    sizes = [e - s for s, e in zip(plan.starts, plan.ends)]
-    return (
-        f"{config.dataset}: B{sizes[0]} + {config.phases} phases of {sizes[1] if len(sizes) > 1 else 0}"
-        f" classes, memory {config.memory_mode}"
-    )

@@ -16,7 +16,7 @@ from mnemonics_lib import protocol
 from mnemonics_lib.config import make_config
 from mnemonics_lib.datasets import make_synthetic
 from mnemonics_lib.evaluation import class_means
-from mnemonics_lib.memory import herding_reference, herding_selection
+from mnemonics_lib.memory import herding_selection
 from mnemonics_lib.pipeline import DeviceImages, Normaliser
 from tools import bench
 
@@ -78,7 +78,7 @@ def test_flops_ratio_is_consistent(record):
 @pytest.mark.parametrize("n,d,m", [(60, 16, 10), (7, 4, 20), (200, 64, 20)])
 def test_herding_selection_matches_reference(n, d, m):
     feats = torch.randn(n, d, generator=torch.Generator().manual_seed(n))
-    assert herding_selection(feats, m).tolist() == herding_reference(feats, m)
+    assert herding_selection(feats, m).tolist() == bench.herding_reference(feats, m)
 
 
 def test_class_means_match_per_class_loop():
@@ -179,7 +179,7 @@ def test_train_stage_times_the_compiled_cpu_step_beside_the_eager_one(monkeypatc
     assert res["compile_s"] == pytest.approx(res["warmup_s"]["ours"] - res["warmup_s"]["ours_eager"])
 
 
-# ------------------------------------------------------------------ the step profile (issue #6)
+# ------------------------------------------------------------------ the step profile
 def test_kernel_kinds_of_typical_cuda_and_cpu_names():
     from tools.step_profile import kernel_kind
 

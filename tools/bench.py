@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from mnemonics_lib.backbones import build_net
 from mnemonics_lib.datasets import ArrayData, load_dataset, make_synthetic
 from mnemonics_lib.evaluation import batched, class_means
-from mnemonics_lib.memory import herding_reference, herding_selection
+from mnemonics_lib.memory import herding_selection
 from mnemonics_lib.pipeline import (DeviceImages, Normaliser, augment, augmented_batches, make_generator,
                        preferred_memory_format, tune_backends)
 from mnemonics_lib.steps import TOTALS as GRAPH_TOTALS
@@ -47,7 +47,7 @@ from mnemonics_lib.steps import EagerStep, GraphStep, compile_enabled, cuda_grap
 log = logging.getLogger(__name__)
 
 SCHEMA = "mnemonics-bench/1"
-# Issue targets, recorded beside the measurements for the reader; never asserted.
+# Speed targets of the design, recorded beside the measurements for the reader; never asserted.
 TARGETS = {"train_ratio_cpu": 1.3, "herding_speedup": 20.0, "train_step_fraction_of_peak": 0.5}
 
 
@@ -319,7 +319,7 @@ def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
                                           compiled=True)
     if device.type == "cuda":
         # the trainer keeps CUDA models channels_last; with 16-64 channels cuDNN's NCHW kernels
-        # may be the faster ones (unmeasured on a GPU before these variants), graphed and compiled
+        # may be the faster ones, so both layouts are measured, graphed and compiled
         runs["ours_nchw"] = OursTrain(bench_model(sizes, n_cls, device, False), images, norm, sizes.batch, amp,
                                       channels_last=False)
         if not ours.compiled:
@@ -383,6 +383,26 @@ def bench_eval(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: bo
     res["ratio"] = res["ours"]["median_images_per_s"] / res["reference"]["median_images_per_s"]
     res["ours_forward"] = "compiled backbone" if compiled else "eager"
     return res
+
+
+def herding_reference(features: torch.Tensor, m: int) -> list[int]:
+    """Herding as the per-sample loop the field's codes use: the reference that
+    ``memory.herding_selection`` is timed and checked against."""
+    f = F.normalize(features.double(), dim=1)
+    mu = f.mean(0)
+    chosen: list[int] = []
+    running = torch.zeros_like(mu)
+    for k in range(min(m, f.shape[0])):
+        best, best_d = -1, float("inf")
+        for i in range(f.shape[0]):
+            if i in chosen:
+                continue
+            d = float(((running + f[i]) / (k + 1) - mu).pow(2).sum())
+            if d < best_d:
+                best, best_d = i, d
+        chosen.append(best)
+        running = running + f[best]
+    return chosen
 
 
 def bench_herding(sizes: BenchSizes, device: torch.device) -> dict[str, Any]:
@@ -555,7 +575,7 @@ def run_benchmark(device: torch.device | str | None = None, *, quick: bool = Fal
                   ) -> dict[str, Any]:
     """Run the chosen stages and return the record (raw timings, ratios, sizes, device)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tune_backends(device)  # records before 2026-11-26 08:10 UTC were timed without cuDNN autotuning
+    tune_backends(device)  # the trainer's backend settings (cuDNN autotuning), so the timings are the trainer's
     sizes = sizes or default_sizes(device, quick)
     data = bench_data(sizes, dataset)
     fns: dict[str, Callable[[], dict[str, Any]]] = {
