@@ -256,7 +256,7 @@ def _lock_is_stale(lock: Path, holder: dict[str, Any] | None) -> bool:
 @contextmanager
 def computing_lock(study_dir: Path, name: str) -> Iterator[Path]:
     """Hold ``study_dir/.locks/<name>.lock`` while a run is computed, so that two processes
-    (two `make results`, a GPU session's profiles side by side) never compute one run twice.
+    (two `make results`, or several profiles run side by side on one machine) never compute one run twice.
     Taken with O_EXCL; a stale lock (its process gone) is taken over; a live one raises
     :class:`RunBusyError`. Released however the computation ends."""
     lock = study_dir / _LOCKS / f"{name}.lock"

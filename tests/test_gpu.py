@@ -74,7 +74,7 @@ def test_compiled_backbones_inside_the_graphed_step_train_like_the_graphed_step(
 
     In true fp32: with TF32 convolutions (cuDNN's default) the two paths round differently and,
     after these 12 SGD steps, differ by up to 2.0e-3 (first conv weight); without TF32 by at
-    most 5.3e-4 (both measured on an H100, 2026-11-26), inside the 1e-3 tolerance below."""
+    most 5.3e-4 (both measured on an H100), inside the 1e-3 tolerance below."""
     import copy
 
     import torch.nn.functional as F
@@ -139,7 +139,7 @@ def test_replayed_hypergradients_match_eager_ones_on_cuda(monkeypatch):
 
 
 # (amp, seed, MNEMONICS_CUDA_GRAPHS, MNEMONICS_CUDA_COMPILE) -> (AIA, graph counters it moved):
-# the float32 graphed runs are the reference of three tests, so each is computed once per session
+# the float32 graphed runs are the reference of three tests, so each is computed once per pytest run
 _RUNS: dict[tuple, tuple[float, dict[str, int]]] = {}
 
 
@@ -190,7 +190,7 @@ def test_cuda_graph_steps_match_eager_steps_within_seed_noise():
 def test_compiled_backbones_match_uncompiled_within_seed_noise():
     """MNEMONICS_CUDA_COMPILE=1 (inductor kernels captured in the graphs) may only change speed."""
     # the earlier tests compiled other networks through the same forward; without a reset their
-    # variants count toward torch's recompile limit (8), which this process hit on 2026-11-26
+    # variants count toward torch's recompile limit (8), which a run of this whole file reaches
     torch._dynamo.reset()
     compiled = [_aia(False, s, compiled=True) for s in SEEDS]
     used = {k: sum(_run(False, s, compiled=True)[1][k] for s in SEEDS) for k in ("replayed", "failed")}
