@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .protocol import base_classes, num_classes
+
 DATASETS = ("cifar100", "cifar10", "caltech100", "imagenet_subset", "imagenet", "synthetic", "caltech101_jpeg")
 # class-folder JPEG trees (ImageNet layout): ResNet-18, random-resized crop, mnemonics_lib.folder_data
 FOLDER_DATASETS = ("imagenet_subset", "imagenet", "caltech101_jpeg")
@@ -394,6 +396,29 @@ def _validate(c: RunConfig) -> None:
         if getattr(m, name) < 1:
             raise ConfigError(f"mnemonics.{name} must be >= 1, got {getattr(m, name)}")
     # The protocol (class counts, divisibility) is checked against the dataset's class count.
-    from .protocol import validate_protocol  # local import: protocol imports this module
+    _validate_protocol(c)
 
-    validate_protocol(c)
+
+def _validate_protocol(config: RunConfig) -> None:
+    """Reject impossible protocols when the config is built, saying why and what to change."""
+    n = num_classes(config)
+    b = base_classes(config)
+    if config.class_order == "podnet_icarl" and n != 100:
+        raise ConfigError(
+            f"class_order 'podnet_icarl' is a fixed 100-class list; dataset {config.dataset!r} has "
+            f"{n} classes. Use class_order='seed'."
+        )
+    if not 1 <= b < n:
+        raise ConfigError(
+            f"base_classes must be in [1, {n - 1}] for {config.dataset!r} ({n} classes), got {b}"
+        )
+    if (n - b) % config.phases:
+        raise ConfigError(
+            f"{n - b} incremental classes ({config.dataset!r}: {n} classes, base {b}) cannot be "
+            f"split into {config.phases} equal phases; choose phases dividing {n - b}"
+        )
+    if config.memory_mode == "fixed_total" and config.memory_total < n:
+        raise ConfigError(
+            f"memory_total={config.memory_total} leaves no exemplar per class once all {n} "
+            f"classes are seen; raise memory_total or use memory_mode='per_class'"
+        )

@@ -39,25 +39,6 @@ def herding_selection(features: torch.Tensor, m: int) -> torch.Tensor:
     return chosen
 
 
-def herding_reference(features: torch.Tensor, m: int) -> list[int]:
-    """The per-sample loop the field's codes use; the benchmark's and tests' reference."""
-    f = F.normalize(features.double(), dim=1)
-    mu = f.mean(0)
-    chosen: list[int] = []
-    running = torch.zeros_like(mu)
-    for k in range(min(m, f.shape[0])):
-        best, best_d = -1, float("inf")
-        for i in range(f.shape[0]):
-            if i in chosen:
-                continue
-            d = float(((running + f[i]) / (k + 1) - mu).pow(2).sum())
-            if d < best_d:
-                best, best_d = i, d
-        chosen.append(best)
-        running = running + f[best]
-    return chosen
-
-
 def random_selection(n: int, m: int, generator: torch.Generator) -> torch.Tensor:
     """(min(m, n),) random indices without replacement, reproducible by ``generator`` (CPU)."""
     return torch.randperm(n, generator=generator)[: min(m, n)]

@@ -7,7 +7,7 @@ works in that remapped space.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -127,39 +127,3 @@ def memory_budget_table(config: "RunConfig") -> list[dict[str, int]]:
         m = exemplars_per_class(config, seen)
         rows.append({"phase": p, "seen_classes": seen, "per_class": m, "total": m * seen})
     return rows
-
-
-def validate_protocol(config: "RunConfig") -> None:
-    """Reject impossible protocols when the config is built, saying why and what to change."""
-    from .config import ConfigError
-
-    n = num_classes(config)
-    b = base_classes(config)
-    if config.class_order == "podnet_icarl" and n != 100:
-        raise ConfigError(
-            f"class_order 'podnet_icarl' is a fixed 100-class list; dataset {config.dataset!r} has "
-            f"{n} classes. Use class_order='seed'."
-        )
-    if not 1 <= b < n:
-        raise ConfigError(
-            f"base_classes must be in [1, {n - 1}] for {config.dataset!r} ({n} classes), got {b}"
-        )
-    if (n - b) % config.phases:
-        raise ConfigError(
-            f"{n - b} incremental classes ({config.dataset!r}: {n} classes, base {b}) cannot be "
-            f"split into {config.phases} equal phases; choose phases dividing {n - b}"
-        )
-    if config.memory_mode == "fixed_total" and config.memory_total < n:
-        raise ConfigError(
-            f"memory_total={config.memory_total} leaves no exemplar per class once all {n} "
-            f"classes are seen; raise memory_total or use memory_mode='per_class'"
-        )
-
-
-def describe(config: "RunConfig", order: Sequence[int] | None = None) -> str:
-    plan = phase_plan(config)
-    sizes = [e - s for s, e in zip(plan.starts, plan.ends)]
-    return (
-        f"{config.dataset}: B{sizes[0]} + {config.phases} phases of {sizes[1] if len(sizes) > 1 else 0}"
-        f" classes, memory {config.memory_mode}"
-    )

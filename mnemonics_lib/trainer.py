@@ -20,7 +20,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import folder_data, metrics, protocol
@@ -34,7 +33,7 @@ from .memory import ExemplarMemory
 from .methods import Method, PhaseContext, get_method
 from .pipeline import (DeviceImages, Normaliser, ResizedCropFlip, augmented_batches, make_generator,
                        preferred_memory_format, tune_backends)
-from .results import leg_provenance
+from .provenance import leg_provenance
 from .steps import bf16_autocast, compiled_backbones, compile_enabled, make_step
 
 log = logging.getLogger(__name__)

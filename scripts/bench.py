@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))  # runs from a checkout without `pip install -e .`
 
 import torch  # noqa: E402
 
-from mnemonics_lib import bench  # noqa: E402
+from tools import bench  # noqa: E402
 
 STAGES = ("train", "eval", "herding", "class_means", "mnemonics", "flops")
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bf16-only", action="store_true",
                     help="with --paper-projection on CUDA: the bf16 run alone (e.g. beside MNEMONICS_CUDA_COMPILE=1)")
     ap.add_argument("--step-profile", action="store_true",
-                    help="profile the training step's kernels by kind (mnemonics_lib.step_profile)")
+                    help="profile the training step's kernels by kind (tools.step_profile)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _step_profile(args: argparse.Namespace, device: torch.device) -> int:
-    from mnemonics_lib import step_profile
+    from tools import step_profile
 
     sizes = bench.default_sizes(device, args.quick)
     sizes = bench.dataclasses.replace(sizes, train_steps=min(sizes.train_steps, 10))  # a profile, not a timing

@@ -1,4 +1,4 @@
-"""Diagnostics: short runs that explain a result (``mnemonics_lib/diagnostics.py``), each stored as a
+"""Diagnostics: short runs that explain a result (``mnemonics_study/diagnostics.py``), each stored as a
 run directory under ``results/diagnostics/`` (provenance as for every run; cached, so a rerun
 computes only what is missing). ``python scripts/study.py readme`` puts their tables into the README.
 
@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mnemonics_lib import diagnostics
+    from mnemonics_study import diagnostics
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("which", choices=["icarl"])
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mnemonics_lib import results
+    from mnemonics_study import results
     from mnemonics_lib.config import ConfigError
     from mnemonics_lib.trainer import default_device, run_incremental
 

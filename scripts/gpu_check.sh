@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU machine (H100/H200); finishes within 8 minutes in total.
+# One prepared check for a remote GPU machine (H100/H200); finishes within 8 minutes in total.
 #   (a) the GPU tests:  pytest -m gpu -q (bf16 vs fp32 LUCIR accuracy, the benchmark's CUDA path)
 #   (b) the benchmark on CUDA (scripts/bench.py): ours vs the field's DataLoader pipeline
 #   (c) a timed paper-schedule phase on CIFAR-100-shaped data (synthetic, 100 x 500, B50, batch 128):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared session on a lent GPU machine (H100/H200), sized to end within ~9.5 minutes:
+# One prepared run on a remote GPU machine (H100/H200) with a time limit, sized to end within ~9.5 minutes:
 #   1. alone on the GPU (clean timings): the benchmark and the paper-schedule projection
 #      (scripts/gpu_check.sh, stages bench + projection; ~115 s on an H200; TIMING=0 skips it);
 #   2. then side by side until END_AT seconds:
@@ -20,8 +20,8 @@
 #        JOBS2 processes, so that long runs and short ones proceed side by side;
 #   3. results/ (benchmark files) and $RESULTS_DIR (runs) packed into $OUT/results.tgz, the logs into $OUT/logs.tgz,
 #      the phase checkpoints of runs cut off at END_AT into $OUT/checkpoints.tgz.part-* (15 MB parts,
-#      CKPT_MAX_MB in all, default 45: returned files are limited to 8 and 64 MiB): a later GPU
-#      session that carries checkpoints/ resumes them instead of starting again.
+#      CKPT_MAX_MB in all, default 45: returned files are limited to 8 and 64 MiB): a later run
+#      that carries checkpoints/ resumes them instead of starting again.
 # Runs are written atomically: a stop at END_AT loses only the runs in flight. What the runs write
 # on the device lives only until the next call copies the tree there again (a second call on the
 # warm machine keeps ignored folders such as checkpoints/, not the tracked results/), so

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Rewrite every notebook's ``parameters`` cell from the one source of the defaults
-(``params/quick.yaml``, through :func:`mnemonics_lib.notebook_params.parameters_cell`).
+(``params/quick.yaml``, through :func:`mnemonics_study.notebook_params.parameters_cell`).
 
     python scripts/notebook_cells.py          # rewrite the cells that differ
     python scripts/notebook_cells.py --check  # exit 1 and name the notebooks that differ
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from mnemonics_lib.notebook_params import NOTEBOOKS, parameters_cell
+from mnemonics_study.notebook_params import NOTEBOOKS, parameters_cell
 
 NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 

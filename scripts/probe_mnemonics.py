@@ -1,4 +1,4 @@
-"""The mnemonics step probe (``mnemonics_lib/step_probe.py``): train the LUCIR herding network of
+"""The mnemonics step probe (``mnemonics_study/step_probe.py``): train the LUCIR herding network of
 B50 N = 5 through phase 1, then optimise that phase's new exemplars (beta1 x K) and adjust its old
 ones (beta2) at every setting of the grid, scoring each on held-out real images. Writes
 ``results/diagnostics/mnemonics_probe/<dataset>-<profile>-s<seed>-<hash>.json`` (rows, grid,
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mnemonics_lib import results, step_probe
+    from mnemonics_study import results, step_probe
     from mnemonics_lib.trainer import default_device
 
     if args.threads:

@@ -10,9 +10,9 @@
     python scripts/study.py results --profile paper --set dataset=cifar100   # a parameter overridden
 
 ``results`` reads ``params/<profile>.yaml``, enumerates every run of every notebook in priority
-order (``mnemonics_lib.study.all_configs``) and computes the missing ones (resumable: finished runs
+order (``mnemonics_study.study.all_configs``) and computes the missing ones (resumable: finished runs
 are cached by config hash, a crashed run resumes from its last phase checkpoint) through
-``mnemonics_lib.dispatch``: ``--executor local`` (default; every run its own process, ``--jobs`` at
+``mnemonics_study.dispatch``: ``--executor local`` (default; every run its own process, ``--jobs`` at
 a time), ``slurm`` (one job array, requeued on preemption or timeout; docs/cluster.md) or ``debug``
 (in this process); ``MNEMONICS_EXECUTOR`` sets the default. ``figures``
 executes every notebook with Papermill into ``build/notebooks/`` (the notebooks write tables and
@@ -41,7 +41,7 @@ def parse_overrides(items: list[str] | None) -> dict:
     KEY must be a notebook parameter. So a user changes a profile without editing the committed file."""
     import yaml
 
-    from mnemonics_lib import study
+    from mnemonics_study import study
 
     out = {}
     for item in items or []:
@@ -63,7 +63,7 @@ def load_params(profile: str, overrides: list[str] | None = None) -> dict:
         known = sorted(p.stem for p in (ROOT / "params").glob("*.yaml"))
         sys.exit(f"no params file {path}; known profiles: {known}")
     params = yaml.safe_load(path.read_text()) or {}
-    from mnemonics_lib import study
+    from mnemonics_study import study
 
     bad = sorted(set(params) - study.ALL_PARAMETERS - study.STUDY_KEYS)
     if bad:
@@ -73,7 +73,7 @@ def load_params(profile: str, overrides: list[str] | None = None) -> dict:
 
 def notebook_path(value: str) -> Path:
     """A params-file path: relative to notebooks/ (where the notebooks run); one rule, the library's."""
-    from mnemonics_lib.study import notebook_dir
+    from mnemonics_study.study import notebook_dir
 
     return notebook_dir(value)
 
@@ -86,7 +86,7 @@ def _selected(params: dict, args: argparse.Namespace) -> list:
     """The tasks of ``params`` that --only, --match and --first select, in priority order."""
     import re
 
-    from mnemonics_lib import study
+    from mnemonics_study import study
 
     tasks = study.select_tasks(study.all_configs(params), _only(args.only))
     if args.match:
@@ -96,7 +96,7 @@ def _selected(params: dict, args: argparse.Namespace) -> list:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from mnemonics_lib import dispatch, study
+    from mnemonics_study import dispatch, study
 
     settings = dispatch_settings(args)  # bad executor flags fail before anything is enumerated
     params = load_params(args.profile, args.set)
@@ -156,7 +156,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def dispatch_settings(args: argparse.Namespace):
     """The dispatch settings of ``results``' flags; bad ones exit with one line naming the fix."""
-    from mnemonics_lib import dispatch
+    from mnemonics_study import dispatch
 
     try:
         executor = dispatch.resolve_executor(args.executor)
@@ -174,8 +174,8 @@ def dispatch_settings(args: argparse.Namespace):
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    """GPU-hours of the selected runs, from the costs measured in results/ (mnemonics_lib.grid_cost)."""
-    from mnemonics_lib import grid_cost
+    """GPU-hours of the selected runs, from the costs measured in results/ (mnemonics_study.grid_cost)."""
+    from mnemonics_study import grid_cost
 
     params = load_params(args.profile, args.set)
     root = notebook_path(params.get("results_dir", "../results"))
@@ -194,7 +194,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 def cmd_figures(args: argparse.Namespace) -> int:
     import papermill as pm
 
-    from mnemonics_lib import study
+    from mnemonics_study import study
 
     params = load_params(args.profile, args.set)
     if args.device:
@@ -247,9 +247,9 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_readme(args: argparse.Namespace) -> int:
-    """Rewrite the generated blocks (:func:`mnemonics_lib.readme.study_blocks`) of README.md and
+    """Rewrite the generated blocks (:func:`tools.readme.study_blocks`) of README.md and
     docs/study.md from results/."""
-    from mnemonics_lib import readme
+    from tools import readme
     from mnemonics_lib.atomic import write_text_atomic
 
     params = load_params(args.profile, args.set)
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     "else local); see docs/cluster.md")
     r.add_argument("--log-dir", default=None, help="submitit's job files and logs (default: "
                                                    "checkpoints/submitit, ignored by git; on Slurm a shared disk)")
-    from mnemonics_lib.dispatch import SlurmOptions
+    from mnemonics_study.dispatch import SlurmOptions
 
     slurm = SlurmOptions()  # the flags' defaults are the options' own
     s_ = r.add_argument_group("slurm (with --executor slurm)")

@@ -1,4 +1,4 @@
-"""Tests for mnemonics_lib.bench at tiny sizes: the record's structure, the fairness of the
+"""Tests for tools.bench at tiny sizes: the record's structure, the fairness of the
 comparison (same data on both sides) and that the fast paths agree with their references.
 Timings are never asserted: they depend on the machine and on whatever else runs on it."""
 from __future__ import annotations
@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from mnemonics_lib import bench, protocol
+from mnemonics_lib import protocol
 from mnemonics_lib.config import make_config
 from mnemonics_lib.datasets import make_synthetic
 from mnemonics_lib.evaluation import class_means
-from mnemonics_lib.memory import herding_reference, herding_selection
+from mnemonics_lib.memory import herding_selection
 from mnemonics_lib.pipeline import DeviceImages, Normaliser
+from tools import bench
 
 CPU = torch.device("cpu")
 TINY = bench.BenchSizes(
@@ -77,12 +78,12 @@ def test_flops_ratio_is_consistent(record):
 @pytest.mark.parametrize("n,d,m", [(60, 16, 10), (7, 4, 20), (200, 64, 20)])
 def test_herding_selection_matches_reference(n, d, m):
     feats = torch.randn(n, d, generator=torch.Generator().manual_seed(n))
-    assert herding_selection(feats, m).tolist() == herding_reference(feats, m)
+    assert herding_selection(feats, m).tolist() == bench.herding_reference(feats, m)
 
 
 def test_class_means_match_per_class_loop():
     torch.manual_seed(0)
-    model = bench._model(TINY, 5, CPU, False).eval()
+    model = bench.bench_model(TINY, 5, CPU, False).eval()
     x = torch.randn(13, 3, 32, 32)
     y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4])  # class 3 has no image
     ours, ref = class_means(model, x, y, 5), bench.class_means_reference(model, x, y, 5)
@@ -178,9 +179,9 @@ def test_train_stage_times_the_compiled_cpu_step_beside_the_eager_one(monkeypatc
     assert res["compile_s"] == pytest.approx(res["warmup_s"]["ours"] - res["warmup_s"]["ours_eager"])
 
 
-# ------------------------------------------------------------------ the step profile (issue #6)
+# ------------------------------------------------------------------ the step profile
 def test_kernel_kinds_of_typical_cuda_and_cpu_names():
-    from mnemonics_lib.step_profile import kernel_kind
+    from tools.step_profile import kernel_kind
 
     assert kernel_kind("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == "convolution"
     assert kernel_kind("void cudnn::bn_fw_tr_1C11_kernel_NCHW<float>") == "batch norm"
@@ -192,7 +193,7 @@ def test_kernel_kinds_of_typical_cuda_and_cpu_names():
 
 
 def test_kernel_summary_is_exact():
-    from mnemonics_lib.step_profile import summarise_kernels
+    from tools.step_profile import summarise_kernels
 
     events = [("conv_fprop", 300.0, 1), ("conv_fprop", 300.0, 1), ("bn_fw_tr", 200.0, 2), ("odd", 200.0, 1)]
     s = summarise_kernels(events, steps=2, top=2)
@@ -204,7 +205,7 @@ def test_kernel_summary_is_exact():
 
 
 def test_step_profile_runs_the_trainers_step_on_cpu():
-    from mnemonics_lib.step_profile import format_profile, profile_training_step
+    from tools.step_profile import format_profile, profile_training_step
 
     r = profile_training_step("cpu", bench.QUICK_SIZES)
     v = r["variants"]["nchw"]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from mnemonics_lib import bench_readme as br
-from mnemonics_lib.bench import SCHEMA
+from tools import bench_readme as br
+from tools.bench import SCHEMA
 
 
 def full(device: str, commit: str, train_ratio: float, *, threads: int = 1, drop: str | None = None) -> dict:

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from mnemonics_lib import diagnostics
 from mnemonics_lib.config import ConfigError
+from mnemonics_study import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def test_phase0_runs_are_stored_with_their_overrides_and_then_loaded(tmp_path, c
 
 
 def test_probe_table_marks_the_settings_that_act_and_the_choice():
-    from mnemonics_lib import step_probe
+    from mnemonics_study import step_probe
 
     rows = [{"program": "new", "beta": 0.1, "K": 1, "heldout_before": 2.0, "heldout_after": 1.5,
              "pixel_delta": 0.5, "pixel_max": 3.0},  # lowers the loss but moves < 1 grey level
@@ -88,7 +88,7 @@ def test_probe_table_marks_the_settings_that_act_and_the_choice():
 
 
 def test_probe_moves_pixels_further_with_a_larger_step():
-    from mnemonics_lib import step_probe
+    from mnemonics_study import step_probe
 
     config = step_probe.base_config("synthetic", "smoke", 1, 2, 1, synthetic_classes=8)
     rows = step_probe.run_probe(config, "cpu", new_grid=((0.01, 1), (10.0, 1)), old_grid=((0.01, 1), (10.0, 1)),

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mnemonics_lib import dispatch, results, study, trainer
+from mnemonics_lib import trainer
 from mnemonics_lib.config import make_config
+from mnemonics_study import dispatch, results, study
 
 
 def _tiny(method: str, seed: int = 1993, phases: int = 1):

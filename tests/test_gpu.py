@@ -19,10 +19,10 @@ import statistics
 import pytest
 import torch
 
-from mnemonics_lib import bench
 from mnemonics_lib.config import make_config
 from mnemonics_lib.steps import TOTALS as GRAPH_TOTALS
 from mnemonics_lib.trainer import run_incremental
+from tools import bench
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -54,7 +54,7 @@ def test_benchmark_runs_on_cuda_at_tiny_sizes():
 
 def test_step_profile_on_cuda_at_tiny_sizes():
     """The kernel profile reads CUDA kernels (not host operators) for all three variants."""
-    from mnemonics_lib.step_profile import profile_training_step
+    from tools.step_profile import profile_training_step
 
     sizes = bench.BenchSizes(n_classes=4, per_class_train=16, per_class_test=2, depth=8, width=8,
                              batch=16, train_steps=2, warmup_steps=1)
@@ -74,7 +74,7 @@ def test_compiled_backbones_inside_the_graphed_step_train_like_the_graphed_step(
 
     In true fp32: with TF32 convolutions (cuDNN's default) the two paths round differently and,
     after these 12 SGD steps, differ by up to 2.0e-3 (first conv weight); without TF32 by at
-    most 5.3e-4 (both measured on an H100, 2026-11-26), inside the 1e-3 tolerance below."""
+    most 5.3e-4 (both measured on an H100), inside the 1e-3 tolerance below."""
     import copy
 
     import torch.nn.functional as F
@@ -139,7 +139,7 @@ def test_replayed_hypergradients_match_eager_ones_on_cuda(monkeypatch):
 
 
 # (amp, seed, MNEMONICS_CUDA_GRAPHS, MNEMONICS_CUDA_COMPILE) -> (AIA, graph counters it moved):
-# the float32 graphed runs are the reference of three tests, so each is computed once per session
+# the float32 graphed runs are the reference of three tests, so each is computed once per pytest run
 _RUNS: dict[tuple, tuple[float, dict[str, int]]] = {}
 
 
@@ -190,7 +190,7 @@ def test_cuda_graph_steps_match_eager_steps_within_seed_noise():
 def test_compiled_backbones_match_uncompiled_within_seed_noise():
     """MNEMONICS_CUDA_COMPILE=1 (inductor kernels captured in the graphs) may only change speed."""
     # the earlier tests compiled other networks through the same forward; without a reset their
-    # variants count toward torch's recompile limit (8), which this process hit on 2026-11-26
+    # variants count toward torch's recompile limit (8), which a run of this whole file reaches
     torch._dynamo.reset()
     compiled = [_aia(False, s, compiled=True) for s in SEEDS]
     used = {k: sum(_run(False, s, compiled=True)[1][k] for s in SEEDS) for k in ("replayed", "failed")}

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mnemonics_lib import grid_cost, results, study
+from mnemonics_study import grid_cost, results, study
 
 H100 = "NVIDIA H100 80GB HBM3"
 CPU = "Intel(R) Xeon(R) Processor"

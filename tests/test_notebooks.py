@@ -12,8 +12,8 @@ import nbformat
 import pytest
 import yaml
 
-from mnemonics_lib import report, study
 from mnemonics_lib.config import MnemonicsSettings
+from mnemonics_study import report, study
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
@@ -85,7 +85,7 @@ def test_parameters_cell_is_generated_from_the_quick_params_file(name):
     """One source for defaults: the cell is what notebook_params renders from params/quick.yaml
     (`python scripts/notebook_cells.py` rewrites it), its literals equal the file's values, and it
     declares every study parameter, so `-f params/quick.yaml` passes no unknown name."""
-    from mnemonics_lib.notebook_params import parameters_cell
+    from mnemonics_study.notebook_params import parameters_cell
 
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     cell = next(c for c in nb.cells if c.cell_type == "code")
@@ -240,7 +240,7 @@ def test_kernel_input_history_holds_the_injected_cell(tmp_path):
     params = new_code_cell("phases: int = 5  # N")
     params.metadata["tags"] = ["parameters"]
     nb = new_notebook(cells=[params, new_code_cell("later = [1, 2]"),
-                             new_code_cell("from mnemonics_lib import study\n"
+                             new_code_cell("from mnemonics_study import study\n"
                                            "print(sorted(study.injected_names(globals())))")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     src, out = tmp_path / "probe.ipynb", tmp_path / "probe-out.ipynb"

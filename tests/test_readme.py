@@ -8,9 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from mnemonics_lib import readme
 from mnemonics_lib.config import make_config
-from mnemonics_lib.study import parse_spec
+from mnemonics_study import report
+from mnemonics_study.study import parse_spec
+from tools import readme
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,8 +100,6 @@ def test_comparison_table_calls_a_difference_only_when_the_t_interval_excludes_z
 
 
 def test_margin_table_sets_exemplar_against_real_margins_under_the_same_run():
-    from mnemonics_lib import report
-
     herd, mnem = fake("lucir", 1993, 40.0), fake("lucir_mnemonics", 1993, 41.0, "NVIDIA H100 80GB HBM3")
     herd.metrics["snapshots"] = [{"phase": 1, "exemplar_margin": [-0.1, 0.3, 0.1], "real_margin": [-0.2, 0.0]},
                                  {"phase": 5, "exemplar_margin": [0.5], "real_margin": [-0.5, 0.25, 0.0]}]
@@ -119,7 +118,7 @@ def test_margin_table_sets_exemplar_against_real_margins_under_the_same_run():
 
 
 def test_sweep_table_is_a_grid_with_the_best_cell_in_bold():
-    from mnemonics_lib import study
+    from mnemonics_study import study
 
     configs = study.sweep_configs("caltech100", [0.01, 0.1], [1.0, 100.0], [1], last_phase=1, memory_per_class=20)
     recs = [SimpleNamespace(config={"config_hash": c.config_hash()}, metrics={"aia_cnn": v})
@@ -133,16 +132,16 @@ def test_sweep_table_is_a_grid_with_the_best_cell_in_bold():
 
 def test_device_label_names_each_device_a_resumed_run_used():
     xeon, h100 = "Intel(R) Xeon(R) Processor", "NVIDIA H100 80GB HBM3"
-    assert readme.device_of({"device": xeon, "cpu_compile": True}) == "CPU compiled"
-    assert readme.device_of({"device": "NVIDIA H200"}) == "H200"
+    assert report.device_of({"device": xeon, "cpu_compile": True}) == "CPU compiled"
+    assert report.device_of({"device": "NVIDIA H200"}) == "H200"
     legs = [{"first_phase": 0, "device": xeon}, {"first_phase": 11, "device": xeon},
             {"first_phase": 23, "device": h100}]
-    assert readme.device_of({"device": h100, "legs": legs}) == "CPU (phases 0-22) + H100 (phases 23-)"
+    assert report.device_of({"device": h100, "legs": legs}) == "CPU (phases 0-22) + H100 (phases 23-)"
     # resumed on the same device: one label, as for an uninterrupted run
     same = [{"first_phase": 0, "device": xeon, "cpu_compile": True}, {"first_phase": 4, "device": xeon}]
-    assert readme.device_of({"device": xeon, "cpu_compile": True, "legs": same}) == "CPU compiled"
+    assert report.device_of({"device": xeon, "cpu_compile": True, "legs": same}) == "CPU compiled"
     unknown = [{"first_phase": 0, "device": None}, {"first_phase": 7, "device": h100}]
-    assert readme.device_of({"device": h100, "legs": unknown}) == "not recorded (phases 0-6) + H100 (phases 7-)"
+    assert report.device_of({"device": h100, "legs": unknown}) == "not recorded (phases 0-6) + H100 (phases 7-)"
 
 
 def test_replace_block_touches_only_its_block():

@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from mnemonics_lib import report
+from mnemonics_study import report
 
 
 def _runs(rows):
@@ -29,7 +29,7 @@ def test_delta_vs_herding_pairs_seeds_and_says_so_when_some_lack_a_pair():
 
 
 def test_provenance_of_a_resumed_run_names_every_commit_and_device():
-    from mnemonics_lib.report import _commit, _device
+    from mnemonics_study.report import _commit, _device
 
     plain = {"git_commit": "a" * 40, "device": "NVIDIA H100 80GB HBM3", "git_dirty": False}
     assert (_commit(plain), _device(plain)) == ("aaaaaaaa", "NVIDIA H100 80GB HBM3")

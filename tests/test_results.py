@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 
 import pytest
 
-from mnemonics_lib import results
-from mnemonics_lib.results import (
+from mnemonics_lib import provenance as engine_provenance
+from mnemonics_study import results
+from mnemonics_study.results import (
     MissingRunError,
     load_results,
     require_cached,
@@ -80,7 +81,7 @@ def test_run_dir_name_fields_and_hash():
 def test_compute_once_then_cached(tmp_path, caplog):
     c, compute = FakeConfig(), Counter()
     first = run_or_load(c, compute, tmp_path)
-    with caplog.at_level(logging.INFO, logger="mnemonics_lib.results"):
+    with caplog.at_level(logging.INFO, logger="mnemonics_study.results"):
         second = run_or_load(c, compute, tmp_path)
     assert compute.calls == 1
     assert "loaded cached run" in caplog.text
@@ -127,7 +128,7 @@ def test_invalid_run_is_moved_aside_and_recomputed(tmp_path, damage, caplog):
     damage(run)
     damaged = {p.name: p.read_bytes() for p in run.iterdir()}
 
-    with caplog.at_level(logging.WARNING, logger="mnemonics_lib.results"):
+    with caplog.at_level(logging.WARNING, logger="mnemonics_study.results"):
         rec = run_or_load(c, compute, tmp_path)
     assert compute.calls == 2
     assert "invalid run directory" in caplog.text
@@ -196,7 +197,7 @@ def test_load_results_tidy_table(tmp_path, caplog):
     for seed in (0, 1):
         run_or_load(FakeConfig(seed=seed), fake_metrics, tmp_path)
     (tmp_path / "runs" / "garbage").mkdir()
-    with caplog.at_level(logging.WARNING, logger="mnemonics_lib.results"):
+    with caplog.at_level(logging.WARNING, logger="mnemonics_study.results"):
         df = load_results(tmp_path)
     assert "skipping run directory" in caplog.text and "garbage" in caplog.text
     assert df.shape == (6, len(results.COLUMNS))
@@ -220,7 +221,7 @@ def test_load_results_empty(tmp_path):
 
 def test_real_provenance_fields(monkeypatch):
     monkeypatch.undo()  # the real function, once
-    env = results.provenance()
+    env = engine_provenance.provenance()
     for key in ("git_commit", "git_dirty", "python", "torch", "numpy", "torchvision",
                 "device", "hostname"):
         assert key in env
@@ -254,16 +255,16 @@ def test_a_damaged_source_is_not_copied(tmp_path):
 
 
 def test_a_launcher_named_commit_wins_over_the_copys_git(monkeypatch):
-    """On the GPU machine the copied checkout's .git was stale (an older HEAD, so 'dirty'): the
-    commit the launcher names is recorded, with the copy's HEAD beside it and dirty unknown."""
+    """A copied checkout whose .git is stale (an older HEAD, so 'dirty'): the commit the launcher
+    names is recorded, with the copy's HEAD beside it and dirty unknown."""
     monkeypatch.undo()
-    monkeypatch.setattr(results, "_git", lambda *a: "0" * 40 + "\n" if a[0] == "rev-parse" else " M x.py\n")
+    monkeypatch.setattr(engine_provenance, "_git", lambda *a: "0" * 40 + "\n" if a[0] == "rev-parse" else " M x.py\n")
     monkeypatch.setenv("MNEMONICS_GIT_COMMIT", "c" * 40)
-    env = results.provenance()
+    env = engine_provenance.provenance()
     assert env["git_commit"] == "c" * 40 and env["git_dirty"] is None
     assert env["git_head_in_copy"] == "0" * 40 and "MNEMONICS_GIT_COMMIT" in env["git_commit_source"]
     monkeypatch.delenv("MNEMONICS_GIT_COMMIT")
-    env = results.provenance()
+    env = engine_provenance.provenance()
     assert env["git_commit"] == "0" * 40 and env["git_dirty"] is True and "git_commit_source" not in env
 
 
@@ -313,7 +314,7 @@ def test_a_stale_lock_is_taken_over_and_every_lock_is_released(tmp_path):
 
 
 def test_run_tasks_reports_a_busy_run_and_goes_on(tmp_path):
-    from mnemonics_lib import study
+    from mnemonics_study import study
     from mnemonics_lib.config import make_config
 
     busy, free = (make_config(dataset="synthetic", profile="smoke", method="lwf", seed=s, epochs_override=1)

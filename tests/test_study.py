@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from mnemonics_lib import paper_numbers, report, results, snapshots, study
 from mnemonics_lib.config import ConfigError
+from mnemonics_study import paper_numbers, report, results, snapshots, study
 
 ROOT = Path(__file__).resolve().parent.parent
 

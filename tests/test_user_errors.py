@@ -11,8 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from mnemonics_lib import datasets, report, study
+from mnemonics_lib import datasets
 from mnemonics_lib.datasets import DatasetError
+from mnemonics_study import report, study
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
@@ -78,14 +79,14 @@ def test_user_errors_print_as_one_line_in_a_kernel():
     pytest.importorskip("IPython")
     from IPython.core.interactiveshell import InteractiveShell
 
-    from mnemonics_lib import notebook_params
+    from mnemonics_study import notebook_params
 
     shell = InteractiveShell.instance()
     shown = []
     shell._showtraceback = lambda etype, value, stb: shown.append(stb)
     try:
         assert notebook_params.short_user_errors()
-        shell.run_cell("from mnemonics_lib import study\n"
+        shell.run_cell("from mnemonics_study import study\n"
                        "study.check_parameters({**study.NOTEBOOK_DEFAULTS['table1'], 'phases': 'abc'}, 'table1')")
     finally:
         shell.set_custom_exc((), None)

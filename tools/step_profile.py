@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from .bench import BenchSizes, OursTrain, _model, _sync, bench_data
-from .pipeline import DeviceImages, Normaliser, tune_backends
+from .bench import BenchSizes, OursTrain, bench_data, bench_model, sync
+from mnemonics_lib.pipeline import DeviceImages, Normaliser, tune_backends
 
 # the first kind whose key occurs in a kernel's (lower-cased) name wins; order matters
 # (cuDNN's batch-norm kernels carry "cudnn" too, so batch norm is looked for first)
@@ -84,23 +84,23 @@ def profile_variant(images: DeviceImages, norm: Normaliser, sizes: BenchSizes, n
     """One layout / compilation choice: the eager step's kernels, and the graphed step's wall time."""
     from torch.profiler import ProfilerActivity, profile
 
-    eager = OursTrain(_model(sizes, n_classes, device, channels_last), images, norm, sizes.batch, amp,
+    eager = OursTrain(bench_model(sizes, n_classes, device, channels_last), images, norm, sizes.batch, amp,
                       channels_last=channels_last, graphs=False, compiled=compiled)
     eager(sizes.warmup_steps)
-    _sync(device)
+    sync(device)
     activities = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
         eager(sizes.train_steps)
-        _sync(device)
+        sync(device)
     out = summarise_kernels(_device_events(prof, device), sizes.train_steps)
     if device.type == "cuda":
-        graphed = OursTrain(_model(sizes, n_classes, device, channels_last), images, norm, sizes.batch, amp,
+        graphed = OursTrain(bench_model(sizes, n_classes, device, channels_last), images, norm, sizes.batch, amp,
                             channels_last=channels_last, compiled=compiled)
         graphed(sizes.warmup_steps)
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         graphed(sizes.train_steps)
-        _sync(device)
+        sync(device)
         out["graphed_ms_per_step"] = (time.perf_counter() - t) / sizes.train_steps * 1e3
         # > 1: time between kernels (launch gaps, host work between replays) beyond the kernels
         out["graphed_over_kernels"] = out["graphed_ms_per_step"] / out["kernel_ms_per_step"]
@@ -115,11 +115,11 @@ def _step_alone_ms(train: OursTrain, steps: int) -> float:
     """Milliseconds per step of ``train``'s step executor replayed on one prepared batch."""
     x, y = next(train._it)
     train.step(x, y)
-    _sync(train.device)
+    sync(train.device)
     t = time.perf_counter()
     for _ in range(steps):
         train.step(x, y)
-    _sync(train.device)
+    sync(train.device)
     return (time.perf_counter() - t) / steps * 1e3
 
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from . import paper_numbers, report, study
-from .study import SEEDS, as_list, spec_of
+from mnemonics_study import paper_numbers, report, study
+from mnemonics_study.report import device_of, short_device
+from mnemonics_study.study import SEEDS, as_list, spec_of
 
 BEGIN = "<!-- generated: {} -->"
 END = "<!-- /generated: {} -->"
@@ -50,34 +51,6 @@ TABLE1_ROWS = (
     Row("LUCIR (herding)", "lucir"),
     Row("LUCIR w/ mnemonics", "lucir_mnemonics"),
 )
-
-
-def _short_device(name: Any, cpu_compile: Any = None) -> str:
-    name = str(name if name is not None else "?")
-    for gpu in ("H200", "H100", "A100"):
-        if gpu in name:
-            return gpu
-    if "cuda" in name.lower() or "nvidia" in name.lower():
-        return name
-    if name == "?":
-        return "not recorded"
-    return "CPU compiled" if cpu_compile else "CPU"
-
-
-def device_of(env: Mapping[str, Any]) -> str:
-    """A short device label: the GPU's model, or CPU (``compiled`` when its steps were). A run
-    resumed on another device (``env["legs"]``) names each device with the phases it ran there."""
-    last = _short_device(env.get("device"), env.get("cpu_compile"))
-    legs = env.get("legs") or []
-    labels = [_short_device(leg.get("device"), leg.get("cpu_compile")) for leg in legs[:-1]]
-    if not legs or all(lab == last for lab in labels):
-        return last
-    stretches: list[list[Any]] = []  # [label, first phase], consecutive legs on one device merged
-    for lab, leg in zip(labels + [last], legs):
-        if not stretches or stretches[-1][0] != lab:
-            stretches.append([lab, leg.get("first_phase")])
-    parts = [f"{lab} (phases {first}-{nxt[1] - 1})" for (lab, first), nxt in zip(stretches, stretches[1:])]
-    return " + ".join(parts + [f"{stretches[-1][0]} (phases {stretches[-1][1]}-)"])
 
 
 def _by_seed(records: Iterable[Any], spec: str, phases: int, metric: str) -> dict[int, tuple[float, Any]]:
@@ -358,7 +331,8 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     ``root``; a run not there reads "not run". Table 1 per dataset and N, the exemplar ablation,
     LUCIR w/ mnemonics against herding (and herding + CBF), Fig. 1's margins, iCaRL's phase 0, the
     mnemonics step size."""
-    from . import bench_readme, diagnostics
+    from . import bench_readme
+    from mnemonics_study import diagnostics
 
     blocks: dict[str, str] = {}
     comparisons: list[Comparison] = []
@@ -426,7 +400,7 @@ def runtime_table(params: Mapping[str, Any], root: Any) -> str:
                                      study=tasks[0].study if tasks else study.STUDY_RUNS)
         walls = [float(r.metrics.get("wall_s_total") or 0.0) for r in recs]
         took = f"{_hours(sum(walls))} ({_hours(statistics.median(walls))})" if walls else ""
-        devices = ", ".join(sorted({_short_device(r.env.get("device")) for r in recs}))
+        devices = ", ".join(sorted({short_device(r.env.get("device")) for r in recs}))
         lines.append(f"| `{nb}` | {len(recs)} of {recs.wanted} | {took} | {devices} |")
     return "\n".join(lines)
 
@@ -436,7 +410,7 @@ def probe_block(root: Path, dataset: str, profile: str) -> str:
     as its table, with the record's base run, commit and device under it."""
     import json
 
-    from . import step_probe
+    from mnemonics_study import step_probe
 
     files = sorted((root / "diagnostics" / "mnemonics_probe").glob(f"{dataset}-{profile}-*.json"))
     if not files:

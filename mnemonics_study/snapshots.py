@@ -5,13 +5,13 @@ phases, L2-normalised features of sampled real images and of the exemplars, the 
 means, every exemplar's margin to the nearest other class mean, and exemplar pixels. The callback
 draws its samples from its own ``RandomState(0)``, so a snapshot run's accuracies equal those of
 the plain run of the same config (which is why the ledger may copy one for the other). The
-ledger side (caching, the notebooks' entry point) is :func:`mnemonics_lib.study.snapshot_records`.
+ledger side (caching, the notebooks' entry point) is :func:`mnemonics_study.study.snapshot_records`.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .config import RunConfig
+from mnemonics_lib.config import RunConfig
 
 SNAPSHOT_CLASSES = 5  # classes shown in colour (the first five of the class order)
 SNAPSHOT_REAL_PER_CLASS = 60  # real images per class kept for the t-SNE and the margins
@@ -39,7 +39,7 @@ def _snapshot_phase(phase: int, model, memory, data) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from .evaluation import class_means, normalised_features
+    from mnemonics_lib.evaluation import class_means, normalised_features
 
     model.eval()
     n_seen = data.plan.seen_classes(phase)
@@ -91,8 +91,8 @@ def record_snapshots(config: RunConfig, phases: tuple[int, ...], device: str | N
     resumed run has the phases it skips."""
     import json
 
-    from .atomic import write_text_atomic
-    from .trainer import checkpoint_root, run_incremental
+    from mnemonics_lib.atomic import write_text_atomic
+    from mnemonics_lib.trainer import checkpoint_root, run_incremental
 
     ck_dir = checkpoint_root() / "snapshots" / config.config_hash()
     kept = ck_dir / "snapshots.json"

@@ -4,8 +4,8 @@ dataset, the runs not run). Files are named by what they hold (:func:`output_nam
 dataset, profile, the phases N, the seeds when not the study's three), so executions with other
 parameters never overwrite each other's files.
 
-Inputs are :class:`mnemonics_lib.results.RunRecord` lists as returned by
-:func:`mnemonics_lib.study.run_configs` / :func:`~mnemonics_lib.study.snapshot_records`.
+Inputs are :class:`mnemonics_study.results.RunRecord` lists as returned by
+:func:`mnemonics_study.study.run_configs` / :func:`~mnemonics_study.study.snapshot_records`.
 """
 from __future__ import annotations
 
@@ -34,13 +34,42 @@ _DATASET_NOTES = {
 }
 def profile_note(profile: str) -> str:
     """The schedule a profile stands for, read from config.SCHEDULES (never typed twice)."""
-    from .config import SCHEDULES
+    from mnemonics_lib.config import SCHEDULES
 
     s = SCHEDULES.get(profile)
     if s is None:
         return profile
     return (f"{profile} profile (ResNet-{s.depth}, width {s.width}, {s.base_epochs} epochs in phase 0 / "
             f"{s.epochs} later, M={s.mnemonics_outer_iters} mnemonics iterations)")
+
+
+def short_device(name: Any, cpu_compile: Any = None) -> str:
+    """The GPU model (H200, H100, A100, or its full name), else CPU (``compiled`` when its steps were)."""
+    name = str(name if name is not None else "?")
+    for gpu in ("H200", "H100", "A100"):
+        if gpu in name:
+            return gpu
+    if "cuda" in name.lower() or "nvidia" in name.lower():
+        return name
+    if name == "?":
+        return "not recorded"
+    return "CPU compiled" if cpu_compile else "CPU"
+
+
+def device_of(env: Mapping[str, Any]) -> str:
+    """A short device label: the GPU's model, or CPU (``compiled`` when its steps were). A run
+    resumed on another device (``env["legs"]``) names each device with the phases it ran there."""
+    last = short_device(env.get("device"), env.get("cpu_compile"))
+    legs = env.get("legs") or []
+    labels = [short_device(leg.get("device"), leg.get("cpu_compile")) for leg in legs[:-1]]
+    if not legs or all(lab == last for lab in labels):
+        return last
+    stretches: list[list[Any]] = []  # [label, first phase], consecutive legs on one device merged
+    for lab, leg in zip(labels + [last], legs):
+        if not stretches or stretches[-1][0] != lab:
+            stretches.append([lab, leg.get("first_phase")])
+    parts = [f"{lab} (phases {first}-{nxt[1] - 1})" for (lab, first), nxt in zip(stretches, stretches[1:])]
+    return " + ".join(parts + [f"{stretches[-1][0]} (phases {stretches[-1][1]}-)"])
 
 
 def label_of(spec: str) -> str:
@@ -144,7 +173,7 @@ NOT_RUN = "n/a (not run)"  # a table cell none of whose runs is in the ledger
 
 def missing_of(records: Sequence[Any], missing: Sequence[Any] | None = None) -> list:
     """The configs asked for and not in the ledger: ``missing`` when given, else the
-    ``missing`` attribute of a :class:`mnemonics_lib.study.Records`, else none."""
+    ``missing`` attribute of a :class:`mnemonics_study.study.Records`, else none."""
     return list(missing) if missing is not None else list(getattr(records, "missing", None) or [])
 
 

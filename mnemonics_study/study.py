@@ -19,13 +19,12 @@ import functools
 import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import paper_numbers, snapshots
-from .config import EXEMPLARS, METHODS, ConfigError, MnemonicsSettings, RunConfig, make_config
+from mnemonics_lib.config import EXEMPLARS, METHODS, ConfigError, MnemonicsSettings, RunConfig, make_config
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +272,7 @@ def notebook_dir(value: str | os.PathLike) -> Path:
     """A notebook's ``results_dir`` / ``figures_dir``: a relative path is relative to notebooks/,
     whatever the kernel's working directory (``papermill notebooks/x.ipynb out.ipynb`` run from the
     repository root must read ``results/``, not ``../results`` above the checkout)."""
-    from .datasets import PROJECT_ROOT
+    from mnemonics_lib.datasets import PROJECT_ROOT
 
     path = Path(value)
     return path if path.is_absolute() else (PROJECT_ROOT / "notebooks" / path).resolve()
@@ -358,6 +357,11 @@ class Task:
         c = self.config
         return (f"{self.study}/{c.dataset}-{spec_of(c)}-N{c.phases}-s{c.seed}-{c.profile} "
                 f"[{c.config_hash()}] ({', '.join(self.artifacts)})")
+
+    def compute(self, root: str | os.PathLike, device: str | None = "auto"):
+        """Load this task from the ledger or compute and store it: :func:`compute_task`, looked up
+        when called (the job a dispatch executor runs calls this, so dispatch needs no study import)."""
+        return compute_task(self, root, device)
 
 
 def notebook_tasks(notebook: str, params: Mapping[str, Any], artifact: str | None = None) -> list[Task]:
@@ -463,7 +467,7 @@ def compute_task(task: Task, root: str | os.PathLike, device: str | None = "auto
     dev = _resolve_device(device)
     if task.kind == "snapshot":
         return snapshot(task.config, None, root, device=dev)
-    from .trainer import run_incremental
+    from mnemonics_lib.trainer import run_incremental
 
     return results.run_or_load(task.config, lambda c: run_incremental(c, dev), root, study=task.study)
 
@@ -474,8 +478,8 @@ def launch_order(tasks: Sequence[Task], jobs: int) -> list[Task]:
     rest, each group in priority order. One worker: priority order unchanged."""
     if jobs <= 1:
         return list(tasks)
-    from .methods import get_method
-    from .trainer import phase0_key
+    from mnemonics_lib.methods import get_method
+    from mnemonics_lib.trainer import phase0_key
 
     first, rest, seen = [], [], set()
     for t in tasks:
@@ -490,7 +494,7 @@ def run_tasks(tasks: Sequence[Task], root: str | os.PathLike, device: str | None
               compute_missing: bool = True, time_limit: float | None = None, threads: int | None = None,
               progress: Any = None, executor: str | None = None,
               settings: "dispatch.DispatchSettings | None" = None, bar: bool = False) -> list[Outcome]:
-    """Load every cached task; compute the missing ones through :mod:`mnemonics_lib.dispatch`
+    """Load every cached task; compute the missing ones through :mod:`mnemonics_study.dispatch`
     (``executor``: local | slurm | debug, default ``$MNEMONICS_EXECUTOR`` or local; ``jobs``
     concurrent local runs; ``settings`` for everything else, e.g. the Slurm options).
 

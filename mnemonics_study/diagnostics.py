@@ -8,13 +8,14 @@ Table 1 run of that method and seed, stored as a run under ``results/diagnostics
 (``scripts/diagnose.py icarl`` computes them, the README block reads them), beside LwF's phase 0
 (cross-entropy, the same linear head, data and seed) as the control.
 
-The mnemonics step is measured by :mod:`mnemonics_lib.step_probe` (``scripts/probe_mnemonics.py``).
+The mnemonics step is measured by :mod:`mnemonics_study.step_probe` (``scripts/probe_mnemonics.py``).
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-from .config import ConfigError, RunConfig, make_config
+from mnemonics_lib.config import ConfigError, RunConfig, make_config
+from .report import device_of
 from .study import seed_fields
 
 STUDY = "diagnostics/icarl_phase0"
@@ -51,7 +52,6 @@ def phase0_configs(variants: Iterable[str] = DEFAULT_VARIANTS, dataset: str = "c
 def phase0_table(variants: Sequence[str], configs: Sequence[RunConfig], records: Iterable[Any]) -> str:
     """Markdown: per variant its lr, phase-0 epochs, CNN and NME accuracy after phase 0, hash and
     device ("not run" where its run is not in ``records``)."""
-    from .readme import device_of  # local: readme imports the study module this one does
 
     by_hash = {r.config["config_hash"]: r for r in records}
     lines = ["| variant | loss | lr | phase-0 epochs | CNN % | NME % | config hash | device |",

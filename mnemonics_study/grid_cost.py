@@ -199,8 +199,8 @@ class GridCost:
 
 def grid_cost(configs: Sequence[Any], model: CostModel) -> GridCost:
     """GPU-hours of ``configs``: incremental phases per run, phase 0 once per distinct phase 0."""
-    from .methods import get_method
-    from .trainer import phase0_key
+    from mnemonics_lib.methods import get_method
+    from mnemonics_lib.trainer import phase0_key
 
     total, bases, unresolved, phase0 = 0.0, defaultdict(int), [], {}
     for c in configs:

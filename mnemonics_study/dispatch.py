@@ -92,14 +92,15 @@ def resolve_executor(name: str | None = None) -> str:
 
 
 def default_folder() -> Path:
-    from .trainer import checkpoint_root
+    from mnemonics_lib.trainer import checkpoint_root
 
     return checkpoint_root() / "submitit"
 
 
 # ------------------------------------------------------------------ the job
 class RunJob(submitit.helpers.Checkpointable):
-    """One task of a grid, computed (or loaded) through the ledger. Returns
+    """One task of a grid (a :class:`study.Task`: it has ``compute(root, device)``), computed (or
+    loaded) through the ledger. Returns
     ``{"status": "computed" | "busy", "wall_s", "error"}``; the record itself is read back from the
     ledger by the driver."""
 
@@ -108,7 +109,6 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict[str, Any]:
         from . import results
-        from .study import compute_task
 
         if self.threads:
             import torch
@@ -116,7 +116,7 @@ class RunJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
         try:
-            compute_task(self.task, self.root, self.device)
+            self.task.compute(self.root, self.device)
         except results.RunBusyError as e:  # another process computes it: not a failure
             return {"status": "busy", "wall_s": time.perf_counter() - t0, "error": str(e)}
         return {"status": "computed", "wall_s": time.perf_counter() - t0, "error": None}

@@ -1,7 +1,7 @@
 """The README's speed tables, read from the benchmark records in ``results/bench/``.
 
-Why generated: the speed table was typed by hand for five sessions, and every GPU session that
-added a record meant retyping ratios, commits and file names. Here each column is the newest
+Why generated: a speed table typed by hand goes stale with every new record (ratios, commits and
+file names retyped). Here each column is the newest
 complete record of one device kind (CPU, or a GPU model), each cell is computed from that record,
 and the table names the file, commit and time behind every column, so a committed record is the
 only way a number reaches the README. ``python scripts/study.py readme`` rewrites the blocks.
@@ -19,10 +19,10 @@ from .bench import SCHEMA, TARGETS
 FULL_STAGES = ("train", "eval", "herding", "class_means", "mnemonics", "flops")
 PROJECTION_SCHEMA = SCHEMA + "/paper-projection"
 STEP_PROFILE_SCHEMA = SCHEMA + "/step-profile"
-GPU_TRAIN_TARGET = 5.0  # the issue's GPU target (images/s against the reference on the same GPU)
+GPU_TRAIN_TARGET = 5.0  # the design's GPU target (images/s against the reference on the same GPU)
 PROJECTION_TARGET_MIN = 10.0  # full CIFAR-100 B50 N = 10 paper-schedule LUCIR run, one H100
 GPU_MODELS = ("H200", "H100", "A100")
-PEAK_TARGET_PCT = 100 * TARGETS["train_step_fraction_of_peak"]  # CPU only: the issue sets none on a GPU
+PEAK_TARGET_PCT = 100 * TARGETS["train_step_fraction_of_peak"]  # CPU only: no such target is set on a GPU
 
 
 Record = tuple[str, Mapping[str, Any]]  # (file name, parsed JSON)

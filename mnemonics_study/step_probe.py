@@ -24,9 +24,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from . import bilevel
-from .config import RunConfig, make_config
-from .exemplars import bilevel_settings, heldout_split, initial_selection, pixel_change
+from mnemonics_lib import bilevel
+from mnemonics_lib.config import RunConfig, make_config
+from mnemonics_lib.exemplars import bilevel_settings, heldout_split, initial_selection, pixel_change
 
 # beta1 (new-class exemplars) x K, and beta2 (old-class exemplars) at K = 1; the scaled step with
 # momentum 0.9 (config.MnemonicsSettings). Decades around the range where pixels start to move.
@@ -86,7 +86,7 @@ def _scores(model, before, after, ex_y, real_x, real_y, settings, norm) -> dict[
 
 def capture_phase(config: RunConfig, device, probe_phase: int) -> dict[str, Any]:
     """Train ``config`` through ``probe_phase`` and keep what the probe reads at its end."""
-    from .trainer import run_incremental
+    from mnemonics_lib.trainer import run_incremental
 
     kept: dict[str, Any] = {}
 

@@ -275,8 +275,8 @@ def notebook_parameters(notebook: str, params: Mapping[str, Any]) -> dict[str, A
 def user_errors() -> tuple[type, ...]:
     """Exception types whose message is the whole story (a wrong parameter, config, data location
     or a missing run): shown as ``Type: message``, without a traceback."""
-    from .config import ConfigError
-    from .datasets import DatasetError
+    from mnemonics_lib.config import ConfigError
+    from mnemonics_lib.datasets import DatasetError
     from .results import MissingRunError
 
     return (ParameterError, ConfigError, DatasetError, MissingRunError)

@@ -35,19 +35,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbones import build_net
-from .datasets import ArrayData, load_dataset, make_synthetic
-from .evaluation import batched, class_means
-from .memory import herding_reference, herding_selection
-from .pipeline import (DeviceImages, Normaliser, augment, augmented_batches, make_generator,
+from mnemonics_lib.backbones import build_net
+from mnemonics_lib.datasets import ArrayData, load_dataset, make_synthetic
+from mnemonics_lib.evaluation import batched, class_means
+from mnemonics_lib.memory import herding_selection
+from mnemonics_lib.pipeline import (DeviceImages, Normaliser, augment, augmented_batches, make_generator,
                        preferred_memory_format, tune_backends)
-from .steps import TOTALS as GRAPH_TOTALS
-from .steps import EagerStep, GraphStep, compile_enabled, cuda_graphs_enabled, eager_step, make_step
+from mnemonics_lib.steps import TOTALS as GRAPH_TOTALS
+from mnemonics_lib.steps import EagerStep, GraphStep, compile_enabled, cuda_graphs_enabled, eager_step, make_step
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "mnemonics-bench/1"
-# Issue targets, recorded beside the measurements for the reader; never asserted.
+# Speed targets of the design, recorded beside the measurements for the reader; never asserted.
 TARGETS = {"train_ratio_cpu": 1.3, "herding_speedup": 20.0, "train_step_fraction_of_peak": 0.5}
 
 
@@ -103,16 +103,17 @@ def default_sizes(device: torch.device, quick: bool = False) -> BenchSizes:
 
 
 # ------------------------------------------------------------------ timing helpers
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so a timer measures the work, not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    _sync(device)
+    sync(device)
     t = time.perf_counter()
     out = fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t, out
 
 
@@ -154,8 +155,9 @@ def bench_data(sizes: BenchSizes, dataset: str = "synthetic") -> ArrayData:
     return data
 
 
-def _model(sizes: BenchSizes, n_classes: int, device: torch.device, channels_last: bool) -> torch.nn.Module:
-    torch.manual_seed(0)  # both sides start from the same weights
+def bench_model(sizes: BenchSizes, n_classes: int, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """The benchmark's ResNet at ``sizes``, seeded so that both sides start from the same weights."""
+    torch.manual_seed(0)
     net = build_net("resnet", n_classes, depth=sizes.depth, width=sizes.width).to(device)
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
@@ -299,35 +301,35 @@ def bench_train(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
     n_cls = int(data.y_train.max()) + 1
     cl = device.type == "cuda"
     runs: dict[str, Callable[[int], int]] = {
-        "ours": OursTrain(_model(sizes, n_cls, device, cl), images, norm, sizes.batch, amp),
-        "reference": ReferenceTrain(_model(sizes, n_cls, device, False), reference_loader(
+        "ours": OursTrain(bench_model(sizes, n_cls, device, cl), images, norm, sizes.batch, amp),
+        "reference": ReferenceTrain(bench_model(sizes, n_cls, device, False), reference_loader(
             data.x_train, data.y_train, data.mean, data.std, True, sizes.batch, sizes.workers, device), device),
     }
     ours = runs["ours"]
     if isinstance(ours.step, GraphStep) or ours.compiled:
         # the same path with the eager step: what the graphs / the compilation alone buy
-        runs["ours_eager"] = OursTrain(_model(sizes, n_cls, device, cl), images, norm, sizes.batch, amp,
+        runs["ours_eager"] = OursTrain(bench_model(sizes, n_cls, device, cl), images, norm, sizes.batch, amp,
                                        graphs=False, compiled=False)
     if cpu_variants and device.type == "cpu":
-        runs["ours_bf16"] = OursTrain(_model(sizes, n_cls, device, False), images, norm, sizes.batch, True)
+        runs["ours_bf16"] = OursTrain(bench_model(sizes, n_cls, device, False), images, norm, sizes.batch, True)
     if device.type == "cuda" and not ours.compiled:
         # the candidate lever for the GPU target: compiled backbones inside the captured graph
         # (MNEMONICS_CUDA_COMPILE=1 in the trainer); timed here until it is measured to pay
-        runs["ours_compiled"] = OursTrain(_model(sizes, n_cls, device, cl), images, norm, sizes.batch, amp,
+        runs["ours_compiled"] = OursTrain(bench_model(sizes, n_cls, device, cl), images, norm, sizes.batch, amp,
                                           compiled=True)
     if device.type == "cuda":
         # the trainer keeps CUDA models channels_last; with 16-64 channels cuDNN's NCHW kernels
-        # may be the faster ones (unmeasured on a GPU before these variants), graphed and compiled
-        runs["ours_nchw"] = OursTrain(_model(sizes, n_cls, device, False), images, norm, sizes.batch, amp,
+        # may be the faster ones, so both layouts are measured, graphed and compiled
+        runs["ours_nchw"] = OursTrain(bench_model(sizes, n_cls, device, False), images, norm, sizes.batch, amp,
                                       channels_last=False)
         if not ours.compiled:
-            runs["ours_compiled_nchw"] = OursTrain(_model(sizes, n_cls, device, False), images, norm, sizes.batch,
+            runs["ours_compiled_nchw"] = OursTrain(bench_model(sizes, n_cls, device, False), images, norm, sizes.batch,
                                                    amp, channels_last=False, compiled=True)
     warm = {}
     for name, run in runs.items():
         t = time.perf_counter()
         run(sizes.warmup_steps)
-        _sync(device)
+        sync(device)
         warm[name] = time.perf_counter() - t
     raw = interleave({k: (lambda r=r: r(sizes.train_steps)) for k, r in runs.items()}, sizes.repeats, device)
     res: dict[str, Any] = {k: _throughput(v) for k, v in raw.items()}
@@ -354,8 +356,8 @@ def bench_eval(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: bo
     norm = Normaliser.create(data.mean, data.std, device)
     images = DeviceImages(x, y, device)
     n_cls = int(data.y_train.max()) + 1
-    ours_model = _model(sizes, n_cls, device, device.type == "cuda").eval()
-    ref_model = _model(sizes, n_cls, device, False).eval()
+    ours_model = bench_model(sizes, n_cls, device, device.type == "cuda").eval()
+    ref_model = bench_model(sizes, n_cls, device, False).eval()
     loader = reference_loader(x, y, data.mean, data.std, False, sizes.eval_batch, sizes.workers, device)
     compiled = compile_enabled(device)
     if compiled:  # as the trainer's evaluation (steps.compiled_backbones around evaluate_phase)
@@ -381,6 +383,26 @@ def bench_eval(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: bo
     res["ratio"] = res["ours"]["median_images_per_s"] / res["reference"]["median_images_per_s"]
     res["ours_forward"] = "compiled backbone" if compiled else "eager"
     return res
+
+
+def herding_reference(features: torch.Tensor, m: int) -> list[int]:
+    """Herding as the per-sample loop the field's codes use: the reference that
+    ``memory.herding_selection`` is timed and checked against."""
+    f = F.normalize(features.double(), dim=1)
+    mu = f.mean(0)
+    chosen: list[int] = []
+    running = torch.zeros_like(mu)
+    for k in range(min(m, f.shape[0])):
+        best, best_d = -1, float("inf")
+        for i in range(f.shape[0]):
+            if i in chosen:
+                continue
+            d = float(((running + f[i]) / (k + 1) - mu).pow(2).sum())
+            if d < best_d:
+                best, best_d = i, d
+        chosen.append(best)
+        running = running + f[best]
+    return chosen
 
 
 def bench_herding(sizes: BenchSizes, device: torch.device) -> dict[str, Any]:
@@ -428,7 +450,7 @@ def bench_class_means(data: ArrayData, sizes: BenchSizes, device: torch.device) 
     norm = Normaliser.create(data.mean, data.std, device)
     images = DeviceImages(data.x_train[idx], data.y_train[idx], device)
     x, y = norm(images.x), images.y
-    model = _model(sizes, k, device, device.type == "cuda").eval()
+    model = bench_model(sizes, k, device, device.type == "cuda").eval()
     ours = class_means(model, x, y, k)
     ref = class_means_reference(model, x, y, k)
     raw = interleave({"ours": lambda: class_means(model, x, y, k),
@@ -442,7 +464,7 @@ def bench_class_means(data: ArrayData, sizes: BenchSizes, device: torch.device) 
 def bench_mnemonics(data: ArrayData, sizes: BenchSizes, device: torch.device) -> dict[str, Any]:
     """One mnemonics outer iteration (K inner steps, second order) per fp32 training step."""
     try:
-        from . import bilevel
+        from mnemonics_lib import bilevel
     except ImportError as e:  # bilevel is optional for the rest of the benchmark
         return {"skipped": f"mnemonics_lib.bilevel unavailable: {e}"}
     k = min(sizes.mn_classes, int(data.y_train.max()) + 1)
@@ -452,8 +474,8 @@ def bench_mnemonics(data: ArrayData, sizes: BenchSizes, device: torch.device) ->
     real_x, real_y = norm(real.x), real.y
     ex_x, ex_y = real_x[ex_idx], real_y[ex_idx]
     cl = device.type == "cuda"  # as the trainer holds its model
-    model = _model(sizes, k, device, cl).eval()
-    step = OursTrain(_model(sizes, k, device, cl), real, norm, sizes.batch, amp=False)
+    model = bench_model(sizes, k, device, cl).eval()
+    step = OursTrain(bench_model(sizes, k, device, cl), real, norm, sizes.batch, amp=False)
     gen = make_generator(0, device)
 
     def outer(inner: int, iters: int) -> Callable[[], Any]:
@@ -495,7 +517,7 @@ def bench_flops(data: ArrayData, sizes: BenchSizes, device: torch.device, amp: b
     amp = amp and device.type == "cuda"
     n_cls = int(data.y_train.max()) + 1
     cl = device.type == "cuda"
-    model = _model(sizes, n_cls, device, cl).train()
+    model = bench_model(sizes, n_cls, device, cl).train()
     norm = Normaliser.create(data.mean, data.std, device)
     imgs = DeviceImages(data.x_train[:sizes.batch], data.y_train[:sizes.batch], device)
     x = augment(norm(imgs.x), make_generator(0, device), norm.pixel_range[0])
@@ -553,7 +575,7 @@ def run_benchmark(device: torch.device | str | None = None, *, quick: bool = Fal
                   ) -> dict[str, Any]:
     """Run the chosen stages and return the record (raw timings, ratios, sizes, device)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tune_backends(device)  # records before 2026-11-26 08:10 UTC were timed without cuDNN autotuning
+    tune_backends(device)  # the trainer's backend settings (cuDNN autotuning), so the timings are the trainer's
     sizes = sizes or default_sizes(device, quick)
     data = bench_data(sizes, dataset)
     fns: dict[str, Callable[[], dict[str, Any]]] = {
@@ -635,7 +657,7 @@ def default_out_path(root: str | os.PathLike[str], device: torch.device | str, k
 def write_record(record: dict[str, Any], out: str | os.PathLike[str], device: torch.device | str,
                  kind: str = "") -> Path:
     """Add provenance and write atomically. ``out``: a ``.json`` path or a folder (timestamped name)."""
-    from .results import provenance, write_json_atomic
+    from mnemonics_study.results import provenance, write_json_atomic
 
     out = Path(out)
     path = out if out.suffix == ".json" else default_out_path(out, device, kind)
@@ -671,14 +693,14 @@ def projection_data(sizes: ProjectionSizes) -> ArrayData:
 def _epoch_times(ctx: Any, method: Any, epochs: int) -> list[float]:
     """Seconds of each of ``epochs`` epochs of one ``train_epochs`` call (one optimiser, so a
     CUDA graph is captured once and replayed, as in a real phase), synchronised at each epoch end."""
-    from .trainer import train_epochs
+    from mnemonics_lib.trainer import train_epochs
 
     out: list[float] = []
-    _sync(ctx.device)
+    sync(ctx.device)
     last = [time.perf_counter()]
 
     def tick(e: int) -> None:
-        _sync(ctx.device)
+        sync(ctx.device)
         now = time.perf_counter()
         out.append(now - last[0])
         last[0] = now
@@ -720,12 +742,12 @@ def paper_projection(device: torch.device | str | None = None, sizes: Projection
     """Time phase 0 and phase 1 of a LUCIR + herding B50 run through the trainer's own code
     (``train_epochs``, ``exemplar_stage``, ``evaluate_phase``) and project the full run.
     ``data``: a :func:`projection_data` set to reuse across calls (it takes seconds to build)."""
-    from . import protocol
-    from .config import make_config
-    from .evaluation import evaluate_phase
-    from .exemplars import exemplar_stage
-    from .memory import ExemplarMemory
-    from .methods import PhaseContext, get_method
+    from mnemonics_lib import protocol
+    from mnemonics_lib.config import make_config
+    from mnemonics_lib.evaluation import evaluate_phase
+    from mnemonics_lib.exemplars import exemplar_stage
+    from mnemonics_lib.memory import ExemplarMemory
+    from mnemonics_lib.methods import PhaseContext, get_method
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tune_backends(device)  # as run_incremental does

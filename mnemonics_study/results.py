@@ -18,11 +18,9 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .atomic import TMP_MARK, fsync_dir, write_text_atomic
+from mnemonics_lib.atomic import TMP_MARK, fsync_dir, write_text_atomic
+from mnemonics_lib.provenance import provenance, utc_now
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -118,92 +117,6 @@ def run_dir_name(config: RunConfig) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
 
 
-# --- provenance -------------------------------------------------------------------
-
-
-def _git(*args: str) -> str | None:
-    """Run git in this package's folder; None when git or the repository is unavailable."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(Path(__file__).resolve().parent), *args],
-            capture_output=True, text=True, timeout=10, check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout
-
-
-def _device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except ImportError:
-        return None
-
-
-def leg_provenance() -> dict[str, Any]:
-    """The device and commit of one stretch of a run's phases (``legs`` below), and when it began."""
-    prov = provenance(check_dirty=False)  # the run's own env.json has the dirty flag
-    keep = ("device", "git_commit", "cpu_compile", "cuda_graphs", "cuda_compile")
-    return {**{k: prov[k] for k in keep if k in prov}, "started_utc": _utc_now()}
-
-
-def provenance(check_dirty: bool = True) -> dict[str, Any]:
-    """Where and with what a result was computed: commit, versions, device, host.
-
-    ``git_dirty`` ignores ``results/`` and ``data/``: the study writes there itself,
-    which would otherwise mark every run after the first one dirty. ``check_dirty=False`` skips
-    that ``git status`` (``git_dirty`` is then None).
-    """
-    commit = _git("rev-parse", "HEAD")
-    status = (_git("status", "--porcelain", "--", ":(top,exclude)results", ":(top,exclude)data")
-              if check_dirty else None)
-    import torch  # local: keeps `import mnemonics_lib.results` light for report-only use
-
-    from .steps import compile_enabled
-
-    extra = {}
-    if os.environ.get("MNEMONICS_GIT_COMMIT"):
-        # a copy of a checkout (the lent GPU machine): its .git may be missing or stale (seen
-        # 2026-11-26: HEAD an older commit, so git called the copy dirty), so the commit named by
-        # the launcher wins; whether the copy had uncommitted changes is not checkable here (None)
-        extra["git_commit_source"] = "MNEMONICS_GIT_COMMIT (set by the launcher of a copied checkout)"
-        if commit and commit.strip() != os.environ["MNEMONICS_GIT_COMMIT"]:
-            extra["git_head_in_copy"] = commit.strip()
-        commit, status = os.environ["MNEMONICS_GIT_COMMIT"], None
-    if torch.cuda.is_available():  # how training steps ran there (same numerics either way)
-        extra["cuda_graphs"] = os.environ.get("MNEMONICS_CUDA_GRAPHS", "1") != "0"
-        extra["cuda_compile"] = compile_enabled(torch.device("cuda"))
-    else:  # compiled CPU backbones (steps.compile_enabled): fused kernels, same arithmetic
-        extra["cpu_compile"] = compile_enabled(torch.device("cpu"))
-    return {
-        "git_commit": commit.strip() if commit else None,
-        "git_dirty": bool(status.strip()) if status is not None else None,
-        **extra,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": _version("numpy"),
-        "torchvision": _version("torchvision"),
-        "cuda": torch.version.cuda,
-        "device": _device_name(),
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-    }
-
-
 # --- reading and validating -------------------------------------------------------
 
 
@@ -246,10 +159,6 @@ def _move_aside(path: Path) -> Path:
     return target
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _publish(final: Path, cfg: dict, metrics: dict, env: dict, *, keep_loser: bool) -> RunRecord:
     """Write the three files into a private temporary folder, then publish it as ``final`` by one
     directory rename (never over an existing run). When another process published ``final``
@@ -276,13 +185,13 @@ def _compute_and_write(
     """Run ``compute``, then publish config/metrics/env by one directory rename."""
     # provenance is read before computing: the commit and dirty flag must describe the code that
     # produced the numbers, not whatever the checkout holds when a long run ends
-    prov, started, t0 = provenance(), _utc_now(), time.perf_counter()
+    prov, started, t0 = provenance(), utc_now(), time.perf_counter()
     metrics = compute(config)
     wall = time.perf_counter() - t0
     if not isinstance(metrics, dict) or not isinstance(metrics.get("per_phase"), list):
         # Refuse to publish a run that the loader would reject on every later call.
         raise ValueError("compute(config) must return a dict with a 'per_phase' list")
-    env = {**prov, "started_utc": started, "ended_utc": _utc_now(), "wall_s": wall}
+    env = {**prov, "started_utc": started, "ended_utc": utc_now(), "wall_s": wall}
     # a run resumed from phase checkpoints was computed in stretches, perhaps on other machines and
     # commits: the stretches ("legs", each from its first phase on) are provenance, not metrics
     legs = metrics.pop("legs", None)
@@ -347,7 +256,7 @@ def _lock_is_stale(lock: Path, holder: dict[str, Any] | None) -> bool:
 @contextmanager
 def computing_lock(study_dir: Path, name: str) -> Iterator[Path]:
     """Hold ``study_dir/.locks/<name>.lock`` while a run is computed, so that two processes
-    (two `make results`, a GPU session's profiles side by side) never compute one run twice.
+    (two `make results`, or several profiles run side by side on one machine) never compute one run twice.
     Taken with O_EXCL; a stale lock (its process gone) is taken over; a live one raises
     :class:`RunBusyError`. Released however the computation ends."""
     lock = study_dir / _LOCKS / f"{name}.lock"
@@ -371,7 +280,7 @@ def computing_lock(study_dir: Path, name: str) -> Iterator[Path]:
             raise RunBusyError(f"{study_dir.name}/{name} is being computed by {who}; wait for it, or "
                                f"delete {lock} if that process no longer runs") from None
         with os.fdopen(fd, "w") as f:
-            holder = {"pid": os.getpid(), "host": socket.gethostname(), "started_utc": _utc_now()}
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "started_utc": utc_now()}
             if slurm_job_id() is not None:
                 holder["slurm_job"] = slurm_job_id()
             json.dump(holder, f)
@@ -472,7 +381,7 @@ def copy_from_other_study(
         except InvalidRunError:
             continue
         metrics = {k: v for k, v in rec.metrics.items() if k not in drop_metrics}
-        env = {**rec.env, "copied_from": f"{source}/{name}", "copied_utc": _utc_now()}
+        env = {**rec.env, "copied_from": f"{source}/{name}", "copied_utc": utc_now()}
         final.parent.mkdir(parents=True, exist_ok=True)
         logger.info("copying run %s from %s", final, src)
         return _publish(final, rec.config, metrics, env, keep_loser=False)  # a copy is not worth keeping

@@ -1,0 +1,1 @@
+"""Tools outside the library: benchmarks and the generation of the README's blocks."""
