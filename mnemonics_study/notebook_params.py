@@ -46,7 +46,7 @@ _ANNOTATION = {"int": "int", "ints": "list", "optint": '"Optional[int]"', "str":
 
 #: Every parameter of the study, in the order the cells list them.
 PARAMETERS: dict[str, Param] = {
-    "dataset": Param("str", "caltech100 (CIFAR-100 stand-in) | cifar100 | cifar10 | imagenet_subset | synthetic"),
+    "dataset": Param("str", "caltech100 (CIFAR-100 stand-in) | cifar100 | cifar10 | caltech101_jpeg (ImageNet-Subset stand-in) | imagenet_subset | imagenet | synthetic"),
     "profile": Param("str", "smoke | quick | paper: schedule and network size, never the method",
                      ("smoke", "quick", "paper")),
     "phases": Param("ints", "incremental phases N after the base phase (int or list)"),

@@ -22,7 +22,11 @@ DATASET_NOTES = {
                    "so a difference to the paper is context, not a reproduction verdict"),
     "cifar100": "`cifar100` is the paper's dataset: its numbers are directly comparable",
     "cifar10": "`cifar10` has no paper numbers: it is a second natural-image check of the orderings",
-    "imagenet_subset": "`imagenet_subset` is the paper's ImageNet-Subset (100 classes, seed-1993 list)",
+    "imagenet_subset": ("`imagenet_subset` is the paper's ImageNet-Subset (100 classes, the seed-1993 list; "
+                        "`subset_list=podnet` is PODNet's other list, not the paper's)"),
+    "caltech101_jpeg": ("`caltech101_jpeg` (Caltech-101 JPEGs in the ImageNet layout, 100 classes, ~55 training "
+                        "images per class) stands in for ImageNet-Subset through the same folder pipeline and "
+                        "ResNet-18, so a difference to the paper is context, not a reproduction verdict"),
     "imagenet": "`imagenet` is the paper's ImageNet (1000 classes)",
     "synthetic": "`synthetic` (20 classes of noisy colour templates) proves the plumbing only",
 }
@@ -88,7 +92,7 @@ def intro_text(notebook: str, params: Mapping[str, Any]) -> str:
 
     dataset, profile = params["dataset"], params["profile"]
     differs = (f"**What differs here.** {DATASET_NOTES.get(dataset, f'`{dataset}`')}. This execution: "
-               f"{profile_note(profile)}; `paper` is the paper's schedule (GPU), `quick` one sized for CPUs, "
+               f"{profile_note(profile, dataset)}; `paper` is the paper's schedule (GPU), `quick` one sized for CPUs, "
                f"`smoke` a tiny network on the synthetic set.")
     return "\n\n".join([PAPER[notebook](dataset), TAG_LEGEND, differs, PARAMETERS_NOTE, MISSING_NOTE, OUTPUTS_NOTE])
 

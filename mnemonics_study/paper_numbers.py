@@ -25,12 +25,14 @@ METHOD_LABELS = {
 
 #: Which paper dataset a study dataset is compared against. caltech100 (32x32 Caltech-101 without
 #: Faces_easy, 100 classes) stands in for CIFAR-100, which is not available offline; the synthetic
-#: smoke set only exercises the plumbing. None: the paper has no number for that dataset.
+#: smoke set only exercises the plumbing; caltech101_jpeg (the same images as JPEG files in the
+#: ImageNet layout) stands in for ImageNet-Subset. None: the paper has no number for that dataset.
 PAPER_DATASET = {
     "cifar100": "cifar100",
     "caltech100": "cifar100",
     "synthetic": "cifar100",
     "imagenet_subset": "imagenet_subset",
+    "caltech101_jpeg": "imagenet_subset",
     "imagenet": "imagenet",
     "cifar10": None,
 }

@@ -31,15 +31,23 @@ _DATASET_NOTES = {
     "synthetic": "synthetic = the smoke-test set (20 classes of noisy colour templates); proves the "
                  "plumbing, says nothing about accuracy",
     "cifar10": "cifar10 = the offline CIFAR-10 copy (decoded from JPEG); no paper numbers exist for it",
+    "caltech101_jpeg": "caltech101_jpeg = Caltech-101 JPEGs in the ImageNet layout (100 classes, ~55 train "
+                       "images per class, shorter side <= 144 px), the offline stand-in for ImageNet-Subset",
 }
-def profile_note(profile: str) -> str:
-    """The schedule a profile stands for, read from config.SCHEDULES (never typed twice)."""
-    from mnemonics_lib.config import SCHEDULES
 
-    s = SCHEDULES.get(profile)
-    if s is None:
+
+def profile_note(profile: str, dataset: str = "caltech100") -> str:
+    """The schedule a profile stands for on ``dataset``, read from the resolved config (never typed
+    twice): the folder datasets run ResNet-18 on their own epochs and image sizes."""
+    from mnemonics_lib.config import ConfigError, make_config
+
+    try:
+        c = make_config(dataset=dataset, profile=profile, method="lucir")
+    except ConfigError:
         return profile
-    return (f"{profile} profile (ResNet-{s.depth}, width {s.width}, {s.base_epochs} epochs in phase 0 / "
+    s = c.schedule
+    size = f", {c.image.crop} px crops" if c.is_folder else ""
+    return (f"{profile} profile (ResNet-{s.depth}, width {s.width}{size}, {s.base_epochs} epochs in phase 0 / "
             f"{s.epochs} later, M={s.mnemonics_outer_iters} mnemonics iterations)")
 
 
@@ -337,7 +345,7 @@ def _caption(what: str, dataset: str, profile: str, records: Sequence[Any],
     cap_txt = "".join(f"; at most {n} training images per class (a fixed subset)" if n else
                       ("; all training images" if len(caps) > 1 else "") for n in caps)
     return (f"{what} Mean ± std over seeds {seeds} (a seed fixes the class order and the training). "
-            f"Ours: {ds}{cap_txt}; {profile_note(profile)}; {'/'.join(base)} classes in phase 0; "
+            f"Ours: {ds}{cap_txt}; {profile_note(profile, dataset)}; {'/'.join(base)} classes in phase 0; "
             f"memory: {mem_txt}. {availability(len(records), missing)}")
 
 

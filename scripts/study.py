@@ -255,7 +255,8 @@ def cmd_readme(args: argparse.Namespace) -> int:
     params = load_params(args.profile, args.set)
     root = notebook_path(params.get("results_dir", "../results"))
     blocks = readme.study_blocks(params, root)
-    paths = [Path(p) for p in (args.readme or [ROOT / "README.md", ROOT / "docs" / "study.md"])]
+    paths = [Path(p) for p in (args.readme or [ROOT / "README.md", ROOT / "docs" / "study.md",
+                                              ROOT / "docs" / "imagenet.md"])]
     texts = {str(p): p.read_text() for p in paths}
     new, absent = readme.update_files(texts, blocks)
     for name in absent:
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("readme", help="rewrite the generated blocks of README.md and docs/study.md from results/")
     m.add_argument("--profile", default="quick")
     m.add_argument("--readme", action="append", default=None,
-                   help="a file to rewrite (repeatable; default: README.md and docs/study.md)")
+                   help="a file to rewrite (repeatable; default: README.md, docs/study.md, docs/imagenet.md)")
     m.set_defaults(func=cmd_readme)
     for p in (r, c, f, m):
         p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -73,6 +73,28 @@ def test_speed_blocks_read_the_bench_folder(tmp_path):
     (tmp_path / "20261101T000000Z-cpu-1t.json").write_text(json.dumps(full("cpu x1 threads", "4444444", 1.5)))
     (tmp_path / "notes.log").write_text("not a record")
     blocks = br.speed_blocks(tmp_path)
-    assert set(blocks) == {"speed", "step-profile"}
+    assert set(blocks) == {"speed", "step-profile", "folder-bench"}
+    assert blocks["folder-bench"].startswith("No record yet")
     assert blocks["speed"].splitlines()[0] == "| measure | target | CPU |"
     assert "1 torch thread(s)" in blocks["speed"]
+
+
+def test_folder_bench_table_shows_the_newest_record_per_device():
+    def rec(ratio: float, commit: str, training=None) -> dict:
+        size = {"crop": 64, "cache_build_images_per_s": 1300.0,
+                "train": {"imagefolder_images_per_s": 1000.0, "study_images_per_s": 1000.0 * ratio,
+                          "ratio_vs_imagefolder": ratio, "ratio_first_epoch": 0.5},
+                "eval": {"ratio_vs_imagefolder": 4.0}}
+        if training:
+            size["training"] = training
+        return {"schema": br.FOLDER_SCHEMA, "dataset": "caltech101_jpeg", "workers": 2, "repeats": 3,
+                "device": {"cpu_count": 2, "load_avg_at_start": [0.5, 0.4, 0.3], "gpu": None},
+                "provenance": {"commit": commit}, "sizes": {"quick": size}}
+    old, new = rec(1.5, "aaaaaaaaaaaa"), rec(3.25, "bbbbbbbbbbbb")
+    gpu = rec(9.0, "cccccccccccc", {"end_to_end_images_per_s": 5000.0, "input_share_of_step": 0.1,
+                                    "device": "cuda"})
+    gpu["device"]["gpu"] = "NVIDIA H100 80GB HBM3"
+    lines = br.folder_bench_table([("1.json", old), ("2.json", new), ("3.json", gpu)]).splitlines()
+    assert lines[2] == "| CPU | 64 px | 1000 | 3250 | **3.25x** | 0.50x | 4.00x | 1300 | not measured |"
+    assert lines[3] == "| H100 | 64 px | 1000 | 9000 | **9.00x** | 0.50x | 4.00x | 1300 | 5000 on cuda (10%) |"
+    assert "`2.json`" in lines[5] and "bbbbbbbb" in lines[5] and "load average 0.50" in lines[5]

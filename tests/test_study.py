@@ -131,11 +131,11 @@ def _group(t: study.Task) -> int:
 
 def test_all_configs_quick_counts_and_priority_order():
     tasks = study.all_configs(params("quick"))
-    assert len(tasks) == len({t.key for t in tasks}) == 126
+    assert len(tasks) == len({t.key for t in tasks}) == 128
     by = Counter(t.artifacts[0] for t in tasks)
     # the quick sweep: alpha {0.01, 0.1} x beta1 {1, 10, 100} at K = 1, each run cut after phase 1
     assert by == {"table1": 45, "ablation_exemplars": 48, "sweep_mnemonics": 6, "table1[cifar10]": 15,
-                  "ablation_exemplars[cifar10]": 3, "figure1_tsne": 3, "forgetting": 6}
+                  "table1[caltech101_jpeg]": 2, "ablation_exemplars[cifar10]": 3, "figure1_tsne": 3, "forgetting": 6}
     groups = [_group(t) for t in tasks]
     assert groups == sorted(groups), "tasks are not in priority order"
     assert set(groups) == set(range(7))
@@ -174,7 +174,7 @@ def test_select_tasks_by_artifact():
     tasks = study.all_configs(params("quick"))
     tsne = study.select_tasks(tasks, ["exemplar_images"])
     assert len(tsne) == 3 and all(t.kind == "snapshot" for t in tsne)
-    assert len(study.select_tasks(tasks, ["table1"])) == 45 + 15  # the variant belongs to table1 too
+    assert len(study.select_tasks(tasks, ["table1"])) == 45 + 15 + 2  # the variants belong to table1 too
     cifar = study.select_tasks(tasks, ["table1[cifar10]"])
     assert len(cifar) == 15
     # the quick CIFAR-10 variant keeps CIFAR-100's 500 training images per class; the rest keep all

@@ -193,7 +193,41 @@ def step_profile_table(records: Iterable[Record]) -> str:
     return "\n".join(lines + [""] + notes)
 
 
+FOLDER_SCHEMA = "folder-data-bench/1"  # scripts/bench_folder_data.py
+
+
+def folder_bench_table(records: Iterable[Record]) -> str:
+    """docs/imagenet.md's input-pipeline table: the newest folder-data record per device kind, one
+    row per image size (the study's pipeline against ImageFolder + PIL + DataLoader)."""
+    newest: dict[str, Record] = {}
+    for name, rec in records:
+        if rec.get("schema") == FOLDER_SCHEMA:
+            newest[device_kind(rec["device"].get("gpu") or "cpu")] = (name, rec)
+    if not newest:
+        return "No record yet: run `python scripts/bench_folder_data.py`."
+    lines = ["| device | crop | ImageFolder img/s | study img/s | ratio_vs_imagefolder | first epoch incl. "
+             "cache build | eval ratio | cache build img/s | training img/s (input share) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for kind in _ordered(newest):
+        name, rec = newest[kind]
+        for size in rec["sizes"].values():
+            tr, tn = size["train"], size.get("training")
+            train_txt = (f"{tn['end_to_end_images_per_s']:.0f} on {tn['device']} ({tn['input_share_of_step']:.0%})"
+                         if tn else "not measured")
+            lines.append(f"| {kind} | {size['crop']} px | {tr['imagefolder_images_per_s']:.0f} | "
+                         f"{tr['study_images_per_s']:.0f} | **{tr['ratio_vs_imagefolder']:.2f}x** | "
+                         f"{tr['ratio_first_epoch']:.2f}x | {size['eval']['ratio_vs_imagefolder']:.2f}x | "
+                         f"{size['cache_build_images_per_s']:.0f} | {train_txt} |")
+        d = rec["device"]
+        notes.append(f"{kind}: `{name}` ({rec['dataset']}, {rec['workers']} workers = threads, "
+                     f"{d['cpu_count']} cores, load average {d['load_avg_at_start'][0]:.2f} at the start, "
+                     f"median of {rec['repeats']} interleaved pairs, commit {rec['provenance']['commit'][:8]}).")
+    return "\n".join(lines + [""] + notes)
+
+
 def speed_blocks(bench_dir: str | Path) -> dict[str, str]:
-    """The README blocks ``speed`` and ``step-profile``."""
+    """The README blocks ``speed`` and ``step-profile``, docs/imagenet.md's ``folder-bench``."""
     records = load_records(bench_dir)
-    return {"speed": speed_table(records), "step-profile": step_profile_table(records)}
+    return {"speed": speed_table(records), "step-profile": step_profile_table(records),
+            "folder-bench": folder_bench_table(records)}
