@@ -150,8 +150,12 @@ def _sharded_chunk(x, y, idx, starts, batch_size, draws, shard, transform, apply
     bounds = [shard_bounds(min(batch_size, len(idx) - s), *shard) for s in starts]
     sel = torch.cat([idx[s + lo:s + hi] for s, (lo, hi) in zip(starts, bounds)])
     params = [torch.cat([d[j][lo:hi] for d, (lo, hi) in zip(draws, bounds)]) for j in range(len(draws[0]))]
+    if not len(sel):  # only an empty slice (a last batch smaller than the world): its shape only
+        sel, params = idx[:1], [d[:1] for d in draws[0]]
     xs = x[sel] if transform is None else transform(x[sel])
     xs = apply(xs, *params, pad_value).contiguous(memory_format=memory_format)
+    if not sum(hi - lo for lo, hi in bounds):
+        xs, sel = xs[:0], sel[:0]
     ys = y[sel]
     at = 0
     for lo, hi in bounds:

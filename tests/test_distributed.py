@@ -68,6 +68,13 @@ def test_sharded_batches_concatenate_to_the_single_process_batches(folder):
         out = list(augmented_batches(x, y, 32, gen, pad, augmenter=aug, shard=shard, chunk_images=chunk))
         return out, gen.get_state()
 
+    for n in (65, 1):  # a last batch of one sample: rank 1's slice is empty, of the right shape
+        for r in range(2):
+            gen = make_generator(5, "cpu")
+            shapes = [tuple(b[0].shape) for b in augmented_batches(x[:n], y[:n], 64, gen, pad, augmenter=aug,
+                                                                      shard=(r, 2))]
+            side = 8 if folder else 12
+            assert shapes[-1] == (1 - r, 3, side, side)
     for chunk in (None, 96):
         single, state = epoch(chunk=chunk)
         for world in (2, 3):
