@@ -83,16 +83,17 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_from_env(timeout_min: float = 120.0) -> torch.device:
+def init_from_env(timeout_min: float = 120.0, cpu: bool = False) -> torch.device:
     """Join torchrun's process group and return this rank's device: ``cuda:LOCAL_RANK`` (backend
     nccl) when CUDA is available, else the CPU (gloo). One process (no torchrun): no group, the
     default device. ``timeout_min``: how long a rank waits at a collective (the exemplar stage
     and evaluation run on every rank, so waits are short; keep it above one phase's longest
-    stage anyway)."""
+    stage anyway). ``cpu``: gloo on the CPU even where CUDA is available (tests)."""
+    cuda = torch.cuda.is_available() and not cpu
     if not launched():
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda else "cpu")
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if cuda:
         torch.cuda.set_device(local)
         device, backend = torch.device("cuda", local), "nccl"
     else:

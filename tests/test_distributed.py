@@ -172,7 +172,7 @@ def test_two_gloo_processes_compute_the_single_process_run(tmp_path, monkeypatch
 def _worker(spec_file: str, out_dir: str) -> None:
     from mnemonics_lib import distributed
 
-    distributed.init_from_env()
+    distributed.init_from_env(cpu=True)  # gloo on the CPU also on a GPU machine
     torch.set_num_threads(1)
     try:
         res = run_specs(json.loads(Path(spec_file).read_text()))
