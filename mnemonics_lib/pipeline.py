@@ -110,8 +110,8 @@ def default_prep_chunk(device: torch.device | str, batch_size: int) -> int:
 
 def augmented_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
                       pad_value: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format,
-                      transform=None, chunk_images: int | None = None, augmenter: "ResizedCropFlip | None" = None
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      transform=None, chunk_images: int | None = None, augmenter: "ResizedCropFlip | None" = None,
+                      shard: tuple[int, int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One shuffled epoch of augmented ``(x, y)`` batches, prepared ``chunk_images`` at a time
     (default: :func:`default_prep_chunk`).
 
@@ -121,7 +121,11 @@ def augmented_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generat
     rest is data movement. ``transform`` (e.g. a :class:`Normaliser`) maps gathered images to the
     network's input; the batches are views into the chunk (contiguous in ``memory_format``).
     ``augmenter``: another batched augmentation with the same ``draw`` / ``apply`` split (the
-    folder datasets' :class:`ResizedCropFlip`); None is the 32x32 sets' padded crop + flip."""
+    folder datasets' :class:`ResizedCropFlip`); None is the 32x32 sets' padded crop + flip.
+    ``shard``: ``(rank, world)`` under data parallelism: the same draws from ``generator`` (the
+    whole global batch's), then only this rank's slice of each batch
+    (:func:`mnemonics_lib.distributed.shard_bounds`) is gathered and augmented; the slices of
+    all ranks, concatenated in rank order, are the single-process batch."""
     chunk_images = default_prep_chunk(x.device, batch_size) if chunk_images is None else chunk_images
     per_chunk = max(1, chunk_images // batch_size) * batch_size  # whole batches, so batches match
     draw, apply = (draw_augment, apply_augment) if augmenter is None else (augmenter.draw, augmenter.apply)
@@ -129,12 +133,36 @@ def augmented_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generat
     for idx in batch_indices(len(y), per_chunk, generator, x.device):
         starts = range(0, len(idx), batch_size)
         draws = [draw(min(batch_size, len(idx) - s), generator, x.device) for s in starts]
+        if shard is not None:
+            yield from _sharded_chunk(x, y, idx, starts, batch_size, draws, shard, transform, apply,
+                                      pad_value, memory_format)
+            continue
         xs = x[idx] if transform is None else transform(x[idx])
         xs = apply(xs, *(torch.cat(list(d)) for d in zip(*draws)), pad_value)
         xs = xs.contiguous(memory_format=memory_format)
         ys = y[idx]
         for s in starts:
             yield xs[s:s + batch_size], ys[s:s + batch_size]
+
+
+def _sharded_chunk(x, y, idx, starts, batch_size, draws, shard, transform, apply, pad_value, memory_format):
+    """:func:`augmented_batches`' chunk, this rank's slice of each batch only."""
+    from .distributed import shard_bounds
+
+    bounds = [shard_bounds(min(batch_size, len(idx) - s), *shard) for s in starts]
+    sel = torch.cat([idx[s + lo:s + hi] for s, (lo, hi) in zip(starts, bounds)])
+    params = [torch.cat([d[j][lo:hi] for d, (lo, hi) in zip(draws, bounds)]) for j in range(len(draws[0]))]
+    if not len(sel):  # only an empty slice (a last batch smaller than the world): its shape only
+        sel, params = idx[:1], [d[:1] for d in draws[0]]
+    xs = x[sel] if transform is None else transform(x[sel])
+    xs = apply(xs, *params, pad_value).contiguous(memory_format=memory_format)
+    if not sum(hi - lo for lo, hi in bounds):
+        xs, sel = xs[:0], sel[:0]
+    ys = y[sel]
+    at = 0
+    for lo, hi in bounds:
+        yield xs[at:at + hi - lo], ys[at:at + hi - lo]
+        at += hi - lo
 
 
 @dataclass(frozen=True)

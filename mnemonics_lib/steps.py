@@ -272,11 +272,13 @@ class GraphStep(GraphReplay):
 
 
 def make_step(opt: torch.optim.Optimizer, loss_fn: LossFn, amp: bool, device: torch.device,
-              batch_size: int, compiled: bool = False) -> EagerStep | GraphStep:
+              batch_size: int, compiled: bool = False, graphs: bool = True) -> EagerStep | GraphStep:
     """The step executor the trainer uses on ``device``: graphed on CUDA unless switched off;
     ``compiled`` (inside :func:`compiled_backbones`) on CPU; eager otherwise. On CUDA ``compiled``
-    puts the compiled backbones inside the graph."""
-    if cuda_graphs_enabled(device):
+    puts the compiled backbones inside the graph. ``graphs=False``: never graphed (data-parallel
+    steps: DDP's gradient hooks and NCCL collectives inside a captured graph need a capture
+    recipe of their own, not written or measured here; :mod:`mnemonics_lib.distributed`)."""
+    if graphs and cuda_graphs_enabled(device):
         return GraphStep(opt, loss_fn, amp, device.type, batch_size, compiled=compiled)
     if compiled:
         return CompiledStep(opt, loss_fn, amp, device.type, batch_size)

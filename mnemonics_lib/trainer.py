@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import folder_data, metrics, protocol
+from . import distributed, folder_data, metrics, protocol
 from .backbones import IncrementalNet, build_net, head_sizes
 from .checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
 from .config import RunConfig
@@ -131,17 +131,28 @@ def train_epochs(ctx: PhaseContext, method: Method, epochs: int, lr: float, grou
     pad = ctx.state["_pad"]
     loss_fn = loss_fn or method.loss
     layout = preferred_memory_format(ctx.device)
-    with compiled_backbones([ctx.model, ctx.old_model], compile_enabled(ctx.device)) as compiled:
-        step = make_step(opt, lambda x, y: loss_fn(ctx, x, y), ctx.config.amp, ctx.device, s.batch_size,
-                         compiled)
+    # under torchrun: DDP over a module whose forward is this loss, synchronised BatchNorm, each
+    # rank training on its slice of every global batch (mnemonics_lib.distributed); else None
+    with distributed.data_parallel(ctx.model, lambda x, y: loss_fn(ctx, x, y), ctx.state, ctx.device) as par, \
+            compiled_backbones([ctx.model, ctx.old_model], compile_enabled(ctx.device)) as compiled:
+        if par is None:
+            step = make_step(opt, lambda x, y: loss_fn(ctx, x, y), ctx.config.amp, ctx.device, s.batch_size,
+                             compiled)
+        else:
+            step = make_step(opt, par.loss, ctx.config.amp, ctx.device, par.local_batch(s.batch_size),
+                             compiled, graphs=False)
         for epoch in tqdm(range(epochs), desc=desc or f"phase {ctx.phase}", leave=False, disable=None):
             ctx.model.train()
             if freeze_bn:
                 set_batchnorm_eval(ctx.model)
+            sizes = iter(distributed.global_batch_sizes(len(ctx.train_y), s.batch_size)) if par else None
             # batches prepared many at a time (pipeline.augmented_batches): the same values as
             # augmenting each batch on its own, in fewer and larger kernels
             for x, y in augmented_batches(ctx.train_x, ctx.train_y, s.batch_size, ctx.generator, pad, layout,
-                                          augmenter=ctx.state.get("_augmenter")):
+                                          augmenter=ctx.state.get("_augmenter"),
+                                          shard=par.shard if par else None):
+                if par is not None:
+                    par.next_batch(next(sizes))
                 step(x, y)
             sched.step()
             if on_epoch_end is not None:
@@ -235,7 +246,8 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
     start = 0
     legs: list[dict[str, Any]] = []
     ck_dir = Path(checkpoint_dir) if checkpoint_dir is not None else _ckpt_dir(config)
-    latest = sorted(ck_dir.glob("phase_*.pt")) if checkpoints else []
+    # rank 0 decides whether and where to resume, so every rank restores the same phase
+    latest = distributed.broadcast_object(sorted(ck_dir.glob("phase_*.pt")) if checkpoints else [])
     if latest:
         ck = load_checkpoint(latest[-1], map_location=device)
         if ck.get("config_hash") != config.config_hash():
@@ -254,6 +266,8 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
         log.info("resumed %s from %s (next phase %d)", config.config_hash(), latest[-1].name, start)
 
     legs.append({"first_phase": start, **leg_provenance()})
+    if distributed.active():  # absent in one process, so its provenance reads as before
+        legs[-1]["world_size"] = distributed.world()
     end = plan.num_phases if config.last_phase is None else config.last_phase + 1
     bar = tqdm(range(start, end), desc=f"{config.method}/{config.exemplars}", disable=None)
     for p in bar:
@@ -276,6 +290,8 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
         per_class = protocol.exemplars_per_class(config, plan.seen_classes(p))
         stage_row = exemplar_stage(config, model, memory, new_x, new_y, new, per_class, data.norm, gen,
                                    make_generator(_phase_seed(config, p, 1), "cpu"), p)
+        # computed identically on every rank; rank 0's copy made everyone's (a no-op in one process)
+        distributed.sync_from_main(model, memory, method_state, gen, device)
         if config.use_balanced_finetune and p > 0:
             ctx.train_x, ctx.train_y = train_x, train_y
             balanced_finetune(ctx, method, memory)
@@ -294,10 +310,12 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
             on_phase_end(p, model, memory, data)
         old_model = _frozen_copy(model)
         if checkpoints and p < end - 1:
-            _save_phase(ck_dir, p, model, memory, method_state, per_phase, config, legs)
+            if distributed.is_main():
+                _save_phase(ck_dir, p, model, memory, method_state, per_phase, config, legs)
+            distributed.barrier()
         if stop_after_phase is not None and p == stop_after_phase:
             raise Interrupted(f"stopped after phase {p} (simulated interruption)")
-    if checkpoints:  # the run is complete: its phase checkpoints are no longer needed
+    if checkpoints and distributed.is_main():  # the run is complete: its phase checkpoints go
         for f in ck_dir.glob("phase_*.pt"):
             f.unlink()
         if ck_dir.is_dir() and not any(ck_dir.iterdir()):
@@ -308,7 +326,7 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
 def _train_phase(config: RunConfig, method: Method, ctx: PhaseContext, p: int, share_phase0: bool) -> None:
     s = config.schedule
     cache = checkpoint_root() / "phase0" / f"{phase0_key(config, method)}.pt"
-    if p == 0 and share_phase0 and cache.exists():
+    if p == 0 and share_phase0 and distributed.broadcast_object(cache.exists()):
         ctx.model.load_state_dict(load_checkpoint(cache, map_location=ctx.device)["model"])
         log.info("phase 0 loaded from the shared cache %s", cache.name)
         return
@@ -321,7 +339,7 @@ def _train_phase(config: RunConfig, method: Method, ctx: PhaseContext, p: int, s
     epochs = s.base_epochs if p == 0 else s.epochs
     train_epochs(ctx, method, epochs, s.lr, method.param_groups(ctx))
     method.after_phase(ctx)
-    if p == 0 and share_phase0:
+    if p == 0 and share_phase0 and distributed.is_main():
         save_checkpoint(cache, {"model": ctx.model.state_dict()})
 
 

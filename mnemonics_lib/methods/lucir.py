@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from .base import Method, PhaseContext
 
 
@@ -66,5 +67,6 @@ class LUCIR(Method):
         hard = cos[:, ctx.n_old:ctx.n_seen].topk(k, dim=1).values.float()  # (B, K)
         old = (y < ctx.n_old).float()[:, None]  # (B, 1)
         per_pair = F.relu(self.margin - gt + hard) * old  # MarginRankingLoss(gt, hard, target=1)
-        mr = per_pair.sum() / (old.sum() * k).clamp_min(1.0)
+        # the batch's mean over its old-class pairs; under DDP the global batch's (distributed)
+        mr = distributed.batch_ratio(ctx.state, per_pair.sum(), old.sum() * k)
         return loss + self.lambda_mr * mr
