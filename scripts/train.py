@@ -49,7 +49,8 @@ def select(args: argparse.Namespace) -> tuple[list, Path]:
 
 def run(task, root: Path, device) -> str:
     """Compute ``task`` through the ledger: rank 0 publishes; every rank trains. Returns the status."""
-    from mnemonics_lib import distributed, results
+    from mnemonics_lib import distributed
+    from mnemonics_study import results
     from mnemonics_lib.trainer import run_incremental
 
     if not distributed.is_main():

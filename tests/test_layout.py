@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE, STUDY, TOOLS = "mnemonics_lib", "mnemonics_study", "tools"
 PACKAGES = (ENGINE, STUDY, TOOLS)
-ENGINE_MAX_LINES = 4_150  # the engine was 4,055 lines when the study layer and the tools moved out
+ENGINE_MAX_LINES = 4_550  # 4,483 with the folder-data checks and the DDP support (distributed.py, 353)
 
 
 def _module_name(path: Path) -> str:
@@ -132,8 +132,8 @@ def test_the_engine_stays_thin():
     files = sorted((ROOT / ENGINE).glob("*.py")) + sorted((ROOT / ENGINE / "methods").glob("*.py"))
     lines = sum(len(p.read_text(encoding="utf-8").splitlines()) for p in files)
     assert lines <= ENGINE_MAX_LINES, (
-        f"mnemonics_lib has {lines} lines (bound {ENGINE_MAX_LINES}; 4,055 when the study layer and "
-        f"the tools moved out): keep the engine the engine, and put study or tool code in "
+        f"mnemonics_lib has {lines} lines (bound {ENGINE_MAX_LINES}; 4,483 with the folder-data "
+        f"checks and DDP): keep the engine the engine, and put study or tool code in "
         f"mnemonics_study/ or tools/")
 
 
