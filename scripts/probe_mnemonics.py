@@ -6,12 +6,13 @@ provenance), which ``python scripts/study.py readme`` turns into the README's pr
 
     python scripts/probe_mnemonics.py --threads 2
     python scripts/probe_mnemonics.py --dataset cifar10 --train-per-class 500 --phases 5
+    python scripts/probe_mnemonics.py --dataset caltech101_jpeg --new-grid 1:2,10:2,100:2 --old-grid ''
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -20,42 +21,40 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def _grid(text: str) -> tuple[tuple[float, int], ...]:
+    """``"1:2,10:2"`` -> ((1.0, 2), (10.0, 2)); ``""`` -> () (that program is not probed)."""
+    try:
+        return tuple((float(b), int(k)) for b, k in (item.split(":") for item in filter(None, text.split(","))))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write beta:K pairs separated by commas, e.g. 1:2,10:2") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from mnemonics_study import probe_cli
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="caltech100")
-    ap.add_argument("--profile", default="quick")
-    ap.add_argument("--seed", type=int, default=1993, help="class-order and training seed")
-    ap.add_argument("--phases", type=int, default=5)
-    ap.add_argument("--train-per-class", type=int, default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--results-dir", default=str(ROOT / "results"))
+    probe_cli.add_base_run_arguments(ap, ROOT / "results")
+    ap.add_argument("--new-grid", type=_grid, default=None,
+                    help="beta1:K,... for the new-class program (default: step_probe.NEW_GRID)")
+    ap.add_argument("--old-grid", type=_grid, default=None,
+                    help="beta2:K,... for the old-exemplar adjustment, '' for none (default: step_probe.OLD_GRID)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    device, fields = probe_cli.set_up(args)
 
-    import torch
+    from mnemonics_study import step_probe
 
-    from mnemonics_study import results, step_probe
-    from mnemonics_lib.trainer import default_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = default_device() if args.device == "auto" else torch.device(args.device)
-    fields = {} if args.train_per_class is None else {"train_per_class": args.train_per_class}
     config = step_probe.base_config(args.dataset, args.profile, args.seed, args.phases, **fields)
-    out = (Path(args.results_dir) / "diagnostics" / "mnemonics_probe" /
-           f"{args.dataset}-{args.profile}-s{args.seed}-{config.config_hash()}.json")
+    grids = {k: v for k, v in (("new_grid", args.new_grid), ("old_grid", args.old_grid)) if v is not None}
+    # a probe over another grid is another record: it never overwrites the default grid's
+    tag = "-grid" + hashlib.sha256(repr(sorted(grids.items())).encode()).hexdigest()[:6] if grids else ""
     t0 = time.time()
-    rows = step_probe.run_probe(config, device, say=lambda r: print(r, flush=True))
-    record = {"base_config": config.to_dict(), "base_config_hash": config.config_hash(),
-              "probe_phase": config.last_phase, "probe_settings": dataclasses.asdict(
-                  step_probe.probe_settings(config, 1.0, 1)) | {"beta": "beta1 (new) or beta2 (old)", "K": "per row"},
-              "rows": rows, "wall_s": time.time() - t0,
-              "env": results.provenance()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results.write_json_atomic(out, record)
+    rows = step_probe.run_probe(config, device, say=lambda r: print(r, flush=True), **grids)
     print(step_probe.probe_table(rows))
-    print(f"written {out}")
+    probe_cli.write_record(probe_cli.record_path(args, "mnemonics_probe", config.config_hash(), tag), {
+        "base_config": config.to_dict(), "base_config_hash": config.config_hash(),
+        "probe_phase": config.last_phase, "probe_settings": dataclasses.asdict(
+            step_probe.probe_settings(config, 1.0, 1)) | {"beta": "beta1 (new) or beta2 (old)", "K": "per row"},
+        "rows": rows, "wall_s": time.time() - t0})
     return 0
 
 

@@ -7,15 +7,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
+from mnemonics_lib import trainer
 from mnemonics_lib.config import ConfigError
+from mnemonics_lib.methods import get_method
 from mnemonics_study import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("diagnose", ROOT / "scripts" / "diagnose.py")
+def _script(name: str = "diagnose"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -99,3 +102,52 @@ def test_probe_moves_pixels_further_with_a_larger_step():
         assert large["pixel_delta"] > small["pixel_delta"] > 0
         assert small["heldout_before"] == large["heldout_before"]  # the same start, scored alike
         assert small["n_heldout"] > 0
+
+
+# ------------------------------------------------------------------ the CBF probe
+def test_cbf_probe_scores_old_new_and_the_new_share_exactly():
+    from mnemonics_study import cbf_probe
+
+    class Fixed(torch.nn.Module):  # logits chosen so each prediction is known
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x[:, 0].long(), 4).float()
+
+    pred = torch.tensor([0, 1, 3, 3, 2, 0])  # labels 0, 1, 1, 3, 2, 3 with classes 0-1 old
+    y = torch.tensor([0, 1, 1, 3, 2, 3])
+    s = cbf_probe.scores(get_method("lucir"), {}, Fixed(), pred[:, None].float(), y, n_old=2)
+    assert s == pytest.approx({"acc_all": 400 / 6, "acc_old": 200 / 3, "acc_new": 200 / 3,
+                               "predicted_new_share": 300 / 6, "true_new_share": 300 / 6})
+
+
+def test_cbf_probe_starts_from_the_herding_runs_own_phases():
+    from mnemonics_study import cbf_probe
+
+    config = cbf_probe.base_config("synthetic", "smoke", 1, 2, 2, synthetic_classes=8)
+    rows = cbf_probe.run_probe(config, "cpu", say=lambda r: None)
+    assert [(r["phase"], r["variant"]) for r in rows] == [
+        (p, v) for p in (1, 2) for v in ("none", "lucir_loss", "no_margin_ranking")]
+    herding = trainer.run_incremental(config, "cpu", checkpoints=False)["per_phase"]
+    for p in (1, 2):
+        before = next(r for r in rows if r["phase"] == p and r["variant"] == "none")
+        assert before["acc_all"] == pytest.approx(herding[p]["acc_cnn"])
+        assert before["true_new_share"] == pytest.approx(100 * 2 / (4 + 2 * p))  # 2 new of 6 / 8 classes
+        full = next(r for r in rows if r["phase"] == p and r["variant"] == "lucir_loss")
+        assert full["predicted_new_share"] < before["predicted_new_share"]  # the margin term lowers new scores
+
+
+def test_probe_scripts_write_their_records_and_a_partial_grid_never_overwrites(tmp_path, capsys):
+    base = ["--dataset", "synthetic", "--profile", "smoke", "--phases", "2", "--results-dir", str(tmp_path)]
+    import mnemonics_lib.config as config_module
+
+    assert _script("probe_cbf").main(base + ["--last-phase", "1"]) == 0
+    (cbf,) = (tmp_path / "diagnostics" / "cbf_probe").glob("synthetic-smoke-s1993-*.json")
+    rec = json.loads(cbf.read_text())
+    assert [r["variant"] for r in rec["rows"]] == ["none", "lucir_loss", "no_margin_ranking"]
+    assert rec["cbf_schedule"]["epochs"] == config_module.CBF_SCHEDULES["smoke"].epochs
+    assert rec["env"]["git_commit"] and rec["base_config"]["exemplars"] == "herding"
+    with pytest.raises(SystemExit):
+        _script("probe_mnemonics").main(base + ["--new-grid", "1:x"])
+    assert "write beta:K pairs" in capsys.readouterr().err
+    assert _script("probe_mnemonics").main(base + ["--new-grid", "1:1", "--old-grid", ""]) == 0
+    (probe,) = (tmp_path / "diagnostics" / "mnemonics_probe").glob("*.json")
+    assert "-grid" in probe.name and [r["program"] for r in json.loads(probe.read_text())["rows"]] == ["new"]

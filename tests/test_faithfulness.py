@@ -114,6 +114,33 @@ def test_cbf_uses_the_methods_own_loss(monkeypatch):
     assert calls  # LF + CE + MR, not a bare CE
 
 
+def test_cbf_without_margin_ranking_is_cross_entropy_alone_when_the_features_are_fixed(monkeypatch):
+    # the probe's claim: with the backbone fixed, the less-forget term has no gradient, so the
+    # official ft_flag 4 (no margin ranking) trains the embeddings exactly as CE alone does
+    from mnemonics_study import cbf_probe
+    lucir, ctx, x, y = _ctx("lucir", balanced_finetune=True)
+    memory = ExemplarMemory()
+    for c in range(6):
+        memory.set_class(c, x[y == c])
+    start = copy.deepcopy(ctx.model.state_dict())
+
+    def tuned(method):
+        ctx.model.load_state_dict(start)
+        ctx.generator.manual_seed(0)
+        ctx.state["lucir_lambda"] = 5.0
+        trainer.balanced_finetune(ctx, method, memory)
+        return [w.detach().clone() for w in ctx.model.head.weights]
+
+    no_mr = tuned(cbf_probe.variant_method("no_margin_ranking"))
+    full = tuned(cbf_probe.variant_method("lucir_loss"))
+    monkeypatch.setattr(type(lucir), "loss", lambda self, c, a, b: torch.nn.functional.cross_entropy(
+        c.model.head.sigma * c.model.head.cosine(c.model.features(a)), b))
+    ce = tuned(lucir)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(no_mr, ce))
+    assert not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(full, ce))  # the margin term acts
+    assert get_method("lucir").lambda_mr == 1.0  # the shared instance keeps its weight
+
+
 def test_cbf_schedule_is_lucirs_and_enters_the_hash_only_when_used():
     paper = make_config(method="lucir", balanced_finetune=True, profile="paper")
     f = paper.finetune_schedule

@@ -203,3 +203,51 @@ def test_readme_is_short_and_about_the_project():
                  "source .venv/bin/activate", "make lab", "docs/imagenet.md", "docs/cluster.md", "docs/study.md"):
         assert must in text, must
     assert not re.search(r"\bsession\b|issue #|\b20\d\d-\d\d-\d\d\b", text, re.I)
+
+
+def _phase(before, after, new, old=None):
+    change = {"new": {"mean": new, "max": 9.0}} | ({"old": {"mean": old, "max": 1.0}} if old is not None else {})
+    return {"mnemonics_heldout_before": before, "mnemonics_heldout_after": after,
+            "mnemonics_pixel_delta": new, "exemplar_change": change}
+
+
+def test_acts_table_counts_phases_and_applies_the_criterion():
+    a, b = fake("lucir_mnemonics", 1993, 30.0), fake("lucir_mnemonics", 1994, 31.0)
+    a.metrics["per_phase"] = [_phase(2.0, 1.5, 3.0), _phase(2.0, 2.5, 1.0, 0.5)]
+    b.metrics["per_phase"] = [_phase(3.0, 2.0, 0.5), _phase(3.0, 2.9, 0.25, 0.25)]
+    old = fake("lucir_mnemonics", 1995, 29.0)
+    old.metrics["per_phase"] = [{"acc_cnn": 1.0}]  # a run from before the held-out measurement
+    herding = fake("lucir", 1993, 40.0)
+    lines = readme.acts_table([b, herding, old, a], "caltech100").splitlines()
+    h = {r.config["seed"]: r.config["config_hash"] for r in (a, b, old)}
+    assert lines[2:5] == [
+        f"| 5 | 1993 | 1 of 2 | 2.000 (min 1.000, max 3.000) | 0.500 | {h[1993]} | CPU |",
+        f"| 5 | 1994 | 2 of 2 | 0.375 (min 0.250, max 0.500) | 0.250 | {h[1994]} | CPU |",
+        f"| 5 | 1995 | not measured (run predates the held-out split) |  |  | {h[1995]} | CPU |"]
+    assert lines[-1] == ("Over 4 phases: held-out loss fell in 75 % (criterion >= 90 %), new exemplars moved "
+                         "1.188 grey levels on average (criterion >= 1): does not act by the criterion.")
+    b.metrics["per_phase"][0] = _phase(3.0, 2.0, 5.0)
+    a.metrics["per_phase"][1] = _phase(2.0, 1.0, 1.0, 0.5)
+    assert readme.acts_table([a, b], "caltech100").endswith(": acts.")
+    assert readme.acts_table([herding], "cifar10") == (
+        "No LUCIR w/ mnemonics run of cifar10 with the held-out measurement in results/ yet.")
+
+
+def test_cbf_probe_block_renders_the_newest_record(tmp_path):
+    import json
+
+    folder = tmp_path / "diagnostics" / "cbf_probe"
+    folder.mkdir(parents=True)
+    assert readme.cbf_probe_block(tmp_path, "caltech100", "quick") == (
+        "n/a (not run): `python scripts/probe_cbf.py --dataset caltech100 --profile quick`")
+    row = {"phase": 1, "acc_all": 29.0, "acc_old": 17.0, "acc_new": 58.125, "predicted_new_share": 48.0,
+           "true_new_share": 16.67}
+    for name, end, variant in (("a", "20261201T000000Z", "none"), ("b", "20261202T000000Z", "lucir_loss")):
+        rec = {"rows": [row | {"variant": variant}], "base_config_hash": "abc", "base_config": {"seed": 1993},
+               "cbf_schedule": {"epochs": 20, "lr": 0.01},
+               "env": {"end_utc": end, "git_commit": "0123456789", "device": "cpu", "cpu_compile": True}}
+        (folder / f"caltech100-quick-s1993-{name}.json").write_text(json.dumps(rec))
+    lines = readme.cbf_probe_block(tmp_path, "caltech100", "quick").splitlines()
+    assert lines[2] == "| 1 | `lucir_loss` | 29.00 / 17.00 / 58.12 | 48.0 / 16.7 |"
+    assert lines[-1] == ("Base network: LUCIR herding (abc), caltech100, quick, seed 1993; CBF 20 epochs at lr 0.01; "
+                         "`caltech100-quick-s1993-b.json`, commit 0123456, CPU compiled.")

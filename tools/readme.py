@@ -321,6 +321,44 @@ def headline_table(records: Iterable[Any], dataset: str, phases: Any, seeds: Seq
 
 
 # ------------------------------------------------------------------ every block of one profile
+# issue criterion for a mnemonics setting that acts: the held-out loss falls in at least this share
+# of phases, and the new exemplars' pixels move by at least this many grey levels on average
+ACTS_PHASE_SHARE = 0.9
+ACTS_GREY_LEVELS = 1.0
+
+
+def acts_table(records: Iterable[Any], dataset: str) -> str:
+    """Markdown: per LUCIR w/ mnemonics run of ``dataset``, in how many phases the held-out loss of
+    the temporary model fell, and how far the exemplars moved (``mnemonics_heldout_before/_after``,
+    ``exemplar_change`` of each phase's metrics), with the verdict over all its runs' phases."""
+    lines = ["| N | seed | held-out loss fell (phases) | new exemplars moved, mean per phase (grey levels) | "
+             "old exemplars moved, mean | config hash | device |", "|---|---|---|---|---|---|---|"]
+    fell = total = 0
+    moved: list[float] = []
+    runs = sorted((r for r in records if spec_of(r.config) == "lucir_mnemonics"),
+                  key=lambda r: (r.config["phases"], r.config["seed"]))
+    for r in runs:
+        rows = [p for p in r.metrics["per_phase"] if "mnemonics_heldout_after" in p]
+        down = sum(p["mnemonics_heldout_after"] < p["mnemonics_heldout_before"] for p in rows)
+        new = [p["mnemonics_pixel_delta"] for p in rows]
+        old = [p["exemplar_change"]["old"]["mean"] for p in rows if "old" in p.get("exemplar_change", {})]
+        fell, total, moved = fell + down, total + len(rows), moved + new
+        lines.append(f"| {r.config['phases']} | {r.config['seed']} | {down} of {len(rows)} | "
+                     f"{statistics.fmean(new):.3f} (min {min(new):.3f}, max {max(new):.3f}) | "
+                     f"{f'{statistics.fmean(old):.3f}' if old else 'not adjusted'} | {r.config['config_hash']} | "
+                     f"{device_of(r.env)} |"
+                     if rows else f"| {r.config['phases']} | {r.config['seed']} | not measured (run predates the "
+                                  f"held-out split) |  |  | {r.config['config_hash']} | {device_of(r.env)} |")
+    if not total:
+        return f"No LUCIR w/ mnemonics run of {dataset} with the held-out measurement in results/ yet."
+    share, mean = fell / total, statistics.fmean(moved)
+    ok = share >= ACTS_PHASE_SHARE and mean >= ACTS_GREY_LEVELS
+    lines.append(f"\nOver {total} phases: held-out loss fell in {100 * share:.0f} % (criterion >= "
+                 f"{100 * ACTS_PHASE_SHARE:.0f} %), new exemplars moved {mean:.3f} grey levels on average "
+                 f"(criterion >= {ACTS_GREY_LEVELS:g}): {'acts' if ok else 'does not act by the criterion'}.")
+    return "\n".join(lines)
+
+
 def _variants_with(params: Mapping[str, Any], notebook: str) -> list[Mapping[str, Any]]:
     """The profile's parameters and those of each variant that renders ``notebook``."""
     return [params] + [vp for _, nbs, vp in study.variant_params(params) if notebook in nbs]
@@ -344,6 +382,7 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
                                                                           as_list(p["seeds"]))
         comparisons += [Comparison(p["dataset"], int(n), "lucir_mnemonics", REFERENCE, recs)
                         for n in as_list(p["phases"])]
+        blocks[f"mnemonics-acts-{p['dataset']}-{p['profile']}"] = acts_table(recs, p["dataset"])
     for vp in _variants_with(params, "ablation_exemplars"):
         p = study.notebook_parameters("ablation_exemplars", vp)
         configs = study.notebook_configs("ablation_exemplars", vp)
@@ -374,8 +413,9 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     recs = study.run_configs(configs, root, missing="skip", study=diagnostics.STUDY)
     blocks[f"icarl-phase0-{params['dataset']}-{params['profile']}"] = diagnostics.phase0_table(variants, configs, recs)
 
-    blocks[f"mnemonics-probe-{params['dataset']}-{params['profile']}"] = probe_block(
-        Path(root), params["dataset"], params["profile"])
+    for ds in dict.fromkeys(vp["dataset"] for vp in _variants_with(params, "table1")):
+        blocks[f"mnemonics-probe-{ds}-{params['profile']}"] = probe_block(Path(root), ds, params["profile"])
+        blocks[f"cbf-probe-{ds}-{params['profile']}"] = cbf_probe_block(Path(root), ds, params["profile"])
     blocks[f"runtimes-{params['profile']}"] = runtime_table(params, root)
     blocks.update(bench_readme.speed_blocks(Path(root) / "bench"))  # the same for every profile
     return blocks
@@ -405,18 +445,44 @@ def runtime_table(params: Mapping[str, Any], root: Any) -> str:
     return "\n".join(lines)
 
 
+def _newest_record(folder: Path, dataset: str, profile: str) -> dict[str, Any] | None:
+    """The newest JSON record ``<dataset>-<profile>-*.json`` in ``folder`` (by its end time), its
+    file name under ``_file``; None if there is none."""
+    import json
+
+    files = sorted(folder.glob(f"{dataset}-{profile}-*.json"))
+    if not files:
+        return None
+    return max((json.loads(f.read_text()) | {"_file": f.name} for f in files),
+               key=lambda r: r["env"].get("end_utc", r["_file"]))
+
+
+def _record_source(rec: Mapping[str, Any]) -> str:
+    env = rec["env"]
+    return f"`{rec['_file']}`, commit {str(env.get('git_commit'))[:7]}, {device_of(env)}"
+
+
 def probe_block(root: Path, dataset: str, profile: str) -> str:
     """The newest mnemonics step-probe record of ``dataset``/``profile`` (scripts/probe_mnemonics.py)
     as its table, with the record's base run, commit and device under it."""
-    import json
-
     from mnemonics_study import step_probe
 
-    files = sorted((root / "diagnostics" / "mnemonics_probe").glob(f"{dataset}-{profile}-*.json"))
-    if not files:
+    rec = _newest_record(root / "diagnostics" / "mnemonics_probe", dataset, profile)
+    if rec is None:
         return f"n/a (not run): `python scripts/probe_mnemonics.py --dataset {dataset} --profile {profile}`"
-    rec = max((json.loads(f.read_text()) | {"_file": f.name} for f in files), key=lambda r: r["env"].get("end_utc", r["_file"]))
-    env = rec["env"]
     return (step_probe.probe_table(rec["rows"]) + f"\n\nBase network: LUCIR herding after phase {rec['probe_phase']} "
-            f"({rec['base_config_hash']}); `{rec['_file']}`, commit {str(env.get('git_commit'))[:7]}, "
-            f"{device_of(env)}.")
+            f"({rec['base_config_hash']}); {_record_source(rec)}.")
+
+
+def cbf_probe_block(root: Path, dataset: str, profile: str) -> str:
+    """The newest class-balanced fine-tuning probe record of ``dataset``/``profile``
+    (scripts/probe_cbf.py) as its table, with the base run, CBF schedule, commit and device."""
+    from mnemonics_study import cbf_probe
+
+    rec = _newest_record(root / "diagnostics" / "cbf_probe", dataset, profile)
+    if rec is None:
+        return f"n/a (not run): `python scripts/probe_cbf.py --dataset {dataset} --profile {profile}`"
+    f = rec["cbf_schedule"]
+    return (cbf_probe.probe_table(rec["rows"]) + f"\n\nBase network: LUCIR herding ({rec['base_config_hash']}), "
+            f"{dataset}, {profile}, seed {rec['base_config']['seed']}; CBF {f['epochs']} epochs at lr {f['lr']:g}; "
+            f"{_record_source(rec)}.")

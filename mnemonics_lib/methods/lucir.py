@@ -44,8 +44,11 @@ class LUCIR(Method):
         head.grow(ctx.n_new, F.normalize(means, dim=1) * old_norm)
         for w in list(head.weights)[:-1]:
             w.requires_grad_(False)  # LUCIR fixes the old class embeddings
-        base = self.lambda_base_imagenet if ctx.config.is_folder else self.lambda_base
-        ctx.state["lucir_lambda"] = base * math.sqrt(ctx.n_old / ctx.n_new)
+        ctx.state["lucir_lambda"] = self.less_forget_weight(ctx.config.is_folder, ctx.n_old, ctx.n_new)
+
+    def less_forget_weight(self, folder: bool, n_old: int, n_new: int) -> float:
+        """lambda = lambda_base * sqrt(n_old / n_new) (Eq. 7), lambda_base 10 on ImageNet-like data."""
+        return (self.lambda_base_imagenet if folder else self.lambda_base) * math.sqrt(n_old / n_new)
 
     def loss(self, ctx: PhaseContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model = ctx.model
