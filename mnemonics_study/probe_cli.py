@@ -46,5 +46,5 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
     from mnemonics_study import results
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    results.write_json_atomic(path, record | {"env": results.provenance()})
+    results.write_json_atomic(path, record | {"env": results.provenance(), "written_utc": results.utc_now()})
     print(f"written {path}")

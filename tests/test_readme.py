@@ -242,10 +242,11 @@ def test_cbf_probe_block_renders_the_newest_record(tmp_path):
         "n/a (not run): `python scripts/probe_cbf.py --dataset caltech100 --profile quick`")
     row = {"phase": 1, "acc_all": 29.0, "acc_old": 17.0, "acc_new": 58.125, "predicted_new_share": 48.0,
            "true_new_share": 16.67}
-    for name, end, variant in (("a", "20261201T000000Z", "none"), ("b", "20261202T000000Z", "lucir_loss")):
+    # "b" is the newer record although "c" sorts after it by name
+    for name, end, variant in (("b", "2026-12-02T00:00:00+00:00", "lucir_loss"), ("c", "2026-12-01T00:00:00+00:00", "none")):
         rec = {"rows": [row | {"variant": variant}], "base_config_hash": "abc", "base_config": {"seed": 1993},
                "cbf_schedule": {"epochs": 20, "lr": 0.01},
-               "env": {"end_utc": end, "git_commit": "0123456789", "device": "cpu", "cpu_compile": True}}
+               "written_utc": end, "env": {"git_commit": "0123456789", "device": "cpu", "cpu_compile": True}}
         (folder / f"caltech100-quick-s1993-{name}.json").write_text(json.dumps(rec))
     lines = readme.cbf_probe_block(tmp_path, "caltech100", "quick").splitlines()
     assert lines[2] == "| 1 | `lucir_loss` | 29.00 / 17.00 / 58.12 | 48.0 / 16.7 |"

@@ -446,15 +446,15 @@ def runtime_table(params: Mapping[str, Any], root: Any) -> str:
 
 
 def _newest_record(folder: Path, dataset: str, profile: str) -> dict[str, Any] | None:
-    """The newest JSON record ``<dataset>-<profile>-*.json`` in ``folder`` (by its end time), its
-    file name under ``_file``; None if there is none."""
+    """The newest JSON record ``<dataset>-<profile>-*.json`` in ``folder`` (by the time it was
+    written, then by file name), its file name under ``_file``; None if there is none."""
     import json
 
     files = sorted(folder.glob(f"{dataset}-{profile}-*.json"))
     if not files:
         return None
     return max((json.loads(f.read_text()) | {"_file": f.name} for f in files),
-               key=lambda r: r["env"].get("end_utc", r["_file"]))
+               key=lambda r: (r.get("written_utc", ""), r["_file"]))
 
 
 def _record_source(rec: Mapping[str, Any]) -> str:
