@@ -56,7 +56,7 @@ fi
 PAPER_MATCH=${PAPER_MATCH:-"${NOT_MN}.*-N10-"}
 start=$(date +%s)
 now() { echo $(( $(date +%s) - start )); }
-stamp() { echo "[gpu_session +$(now)s] $*"; }
+stamp() { echo "[gpu_timed_run +$(now)s] $*"; }
 pack() {
   # what comes back from $OUT: at most 8 files, 16 MiB each, 64 MiB together (files beyond that
   # are dropped), so one results.tgz, one logs.tgz, and at most CKPT_MAX_MB of checkpoints in 15 MB parts
