@@ -151,3 +151,55 @@ def test_probe_scripts_write_their_records_and_a_partial_grid_never_overwrites(t
     assert _script("probe_mnemonics").main(base + ["--new-grid", "1:1", "--old-grid", ""]) == 0
     (probe,) = (tmp_path / "diagnostics" / "mnemonics_probe").glob("*.json")
     assert "-grid" in probe.name and [r["program"] for r in json.loads(probe.read_text())["rows"]] == ["new"]
+
+
+# ------------------------------------------------------------------ the exemplar-effect probe
+def test_exemplar_effect_table_is_exact():
+    from mnemonics_study import exemplar_effect
+
+    row = {"phase": 2, "exemplars": exemplar_effect.set_name(0.1), "pixel_delta_new": 2.345, "pixel_delta_old": 0.5,
+           "heldout_before": 2.1944, "heldout_after": 1.8891,
+           "nme_all": 31.0, "nme_old": 30.0, "nme_new": 40.0, "cbf_acc_all": 32.0, "cbf_acc_old": 36.5,
+           "cbf_acc_new": 16.25, "cbf_predicted_new_share": 3.64, "cbf_true_new_share": 18.9}
+    assert exemplar_effect.probe_table([row]).splitlines()[2] == (
+        "| 2 | mnemonics beta=0.1 | 2.194 → 1.889 | 2.35 / 0.50 | 31.00 / 30.00 / 40.00 | 32.00 / 36.50 / 16.25 | 3.6 / 18.9 |")
+    herding = {**row, "exemplars": exemplar_effect.set_name(None), "heldout_before": None, "heldout_after": None}
+    assert exemplar_effect.probe_table([herding]).splitlines()[2].startswith("| 2 | herding | — | 2.35")
+
+
+def test_exemplar_effect_scores_the_herding_runs_own_state_and_the_moved_sets_from_it():
+    from mnemonics_study import cbf_probe, exemplar_effect
+
+    config = cbf_probe.base_config("synthetic", "smoke", 1, 2, 2, synthetic_classes=8)
+    rows = exemplar_effect.run_probe(config, "cpu", (1, 2), (None, 1e-9, 10.0), say=lambda r: None)
+    assert [(r["phase"], r["exemplars"]) for r in rows] == [
+        (p, s) for p in (1, 2) for s in ("herding", "mnemonics beta=1e-09", "mnemonics beta=10")]
+    herding_run = trainer.run_incremental(config, "cpu", checkpoints=False)["per_phase"]
+    for p in (1, 2):
+        herding, still, moved = [r for r in rows if r["phase"] == p]
+        # the herding set's class means are the run's own: its NME accuracy is the run's
+        assert herding["nme_all"] == pytest.approx(herding_run[p]["acc_nme"])
+        assert herding["cbf_true_new_share"] == pytest.approx(100 * 2 / (4 + 2 * p))  # 2 new of 6 / 8 classes
+        # a vanishing step leaves the herding exemplars in place: the same means and CBF
+        assert max(still["pixel_delta_new"], still["pixel_delta_old"]) < 1e-3
+        assert {k: still[k] for k in ("nme_all", "cbf_acc_all")} == pytest.approx(
+            {k: herding[k] for k in ("nme_all", "cbf_acc_all")})
+        assert moved["pixel_delta_new"] > 0 and moved["pixel_delta_old"] > 0
+        assert moved["heldout_before"] is not None and moved["heldout_after"] is not None
+        assert moved["nme_all"] != herding["nme_all"]  # moved exemplars give other class means
+
+
+def test_exemplar_effect_script_writes_its_record_and_refuses_phase_zero(tmp_path, capsys):
+    base = ["--dataset", "synthetic", "--profile", "smoke", "--phases", "2", "--results-dir", str(tmp_path)]
+    script = _script("probe_exemplar_effect")
+    with pytest.raises(SystemExit, match="incremental phases only"):
+        script.main(base + ["--probe-phases", "0"])
+    with pytest.raises(SystemExit):
+        script.main(base + ["--steps", "one"])
+    assert "write float values separated by commas" in capsys.readouterr().err
+    assert script.main(base + ["--probe-phases", "1", "--steps", "5"]) == 0
+    (rec_path,) = (tmp_path / "diagnostics" / "exemplar_effect").glob("synthetic-smoke-s1993-*.json")
+    rec = json.loads(rec_path.read_text())
+    assert [r["exemplars"] for r in rec["rows"]] == ["herding", "mnemonics beta=5"]
+    assert rec["steps"] == [None, 5.0] and rec["base_config"]["exemplars"] == "herding"
+    assert rec["env"]["git_commit"]

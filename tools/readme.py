@@ -416,6 +416,7 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     for ds in dict.fromkeys(vp["dataset"] for vp in _variants_with(params, "table1")):
         blocks[f"mnemonics-probe-{ds}-{params['profile']}"] = probe_block(Path(root), ds, params["profile"])
         blocks[f"cbf-probe-{ds}-{params['profile']}"] = cbf_probe_block(Path(root), ds, params["profile"])
+        blocks[f"exemplar-effect-{ds}-{params['profile']}"] = exemplar_effect_block(Path(root), ds, params["profile"])
     blocks[f"runtimes-{params['profile']}"] = runtime_table(params, root)
     blocks.update(bench_readme.speed_blocks(Path(root) / "bench"))  # the same for every profile
     return blocks
@@ -474,15 +475,29 @@ def probe_block(root: Path, dataset: str, profile: str) -> str:
             f"({rec['base_config_hash']}); {_record_source(rec)}.")
 
 
-def cbf_probe_block(root: Path, dataset: str, profile: str) -> str:
-    """The newest class-balanced fine-tuning probe record of ``dataset``/``profile``
-    (scripts/probe_cbf.py) as its table, with the base run, CBF schedule, commit and device."""
-    from mnemonics_study import cbf_probe
-
-    rec = _newest_record(root / "diagnostics" / "cbf_probe", dataset, profile)
+def _diagnostic_block(root: Path, kind: str, script: str, dataset: str, profile: str, table, what: str) -> str:
+    """The newest ``results/diagnostics/<kind>`` record of ``dataset``/``profile`` as ``table(rows)``,
+    with its base run (``what`` describes it), CBF schedule, commit and device under it."""
+    rec = _newest_record(root / "diagnostics" / kind, dataset, profile)
     if rec is None:
-        return f"n/a (not run): `python scripts/probe_cbf.py --dataset {dataset} --profile {profile}`"
+        return f"n/a (not run): `python scripts/{script} --dataset {dataset} --profile {profile}`"
     f = rec["cbf_schedule"]
-    return (cbf_probe.probe_table(rec["rows"]) + f"\n\nBase network: LUCIR herding ({rec['base_config_hash']}), "
+    return (table(rec["rows"]) + f"\n\nBase network: {what} ({rec['base_config_hash']}), "
             f"{dataset}, {profile}, seed {rec['base_config']['seed']}; CBF {f['epochs']} epochs at lr {f['lr']:g}; "
             f"{_record_source(rec)}.")
+
+
+def cbf_probe_block(root: Path, dataset: str, profile: str) -> str:
+    """The newest class-balanced fine-tuning probe record (scripts/probe_cbf.py) as its table."""
+    from mnemonics_study import cbf_probe
+
+    return _diagnostic_block(root, "cbf_probe", "probe_cbf.py", dataset, profile, cbf_probe.probe_table,
+                             "LUCIR herding")
+
+
+def exemplar_effect_block(root: Path, dataset: str, profile: str) -> str:
+    """The newest exemplar-effect probe record (scripts/probe_exemplar_effect.py) as its table."""
+    from mnemonics_study import exemplar_effect
+
+    return _diagnostic_block(root, "exemplar_effect", "probe_exemplar_effect.py", dataset, profile,
+                             exemplar_effect.probe_table, "LUCIR herding, exemplars rebuilt at each probed phase")
