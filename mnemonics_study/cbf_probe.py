@@ -59,12 +59,24 @@ def scores(method, state: dict, model, test_x: torch.Tensor, test_y: torch.Tenso
     model.eval()
     pred = torch.cat([method.logits(state, model, test_x[i:i + batch]).argmax(1)
                       for i in range(0, len(test_y), batch)])
+    return {**{f"acc_{k}": v for k, v in split_accuracy(pred, test_y, n_old).items()},
+            "predicted_new_share": 100 * (pred >= n_old).float().mean().item(),
+            "true_new_share": 100 * (test_y >= n_old).float().mean().item()}
+
+
+def split_accuracy(pred: torch.Tensor, test_y: torch.Tensor, n_old: int) -> dict[str, float]:
+    """Accuracy (%) of predictions ``pred`` on every test image, the old classes' (< ``n_old``) and
+    the new ones'."""
     hit = (pred == test_y).float()
     old = test_y < n_old
-    return {"acc_all": 100 * hit.mean().item(), "acc_old": 100 * hit[old].mean().item(),
-            "acc_new": 100 * hit[~old].mean().item(),
-            "predicted_new_share": 100 * (pred >= n_old).float().mean().item(),
-            "true_new_share": 100 * (~old).float().mean().item()}
+    return {"all": 100 * hit.mean().item(), "old": 100 * hit[old].mean().item(),
+            "new": 100 * hit[~old].mean().item()}
+
+
+def probe_seed(config: RunConfig, phase: int) -> int:
+    """The seed of a probe's generators at ``phase``: the same for every variant and exemplar set
+    it compares, so their differences are not the draw's."""
+    return config.seed * 7919 + phase
 
 
 def capture_phases(config: RunConfig, device, phases: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -99,7 +111,7 @@ def finetune(config: RunConfig, phase: int, captured: dict[str, Any], variant: s
     state = {"_pad": data.norm.pixel_range[0], "_augmenter": data.augmenter,
              "lucir_lambda": method.less_forget_weight(config.is_folder, n_old, n_seen - n_old)}
     ex_x, ex_y = memory.tensors()
-    gen = make_generator(config.seed * 7919 + phase, device)
+    gen = make_generator(probe_seed(config, phase), device)
     ctx = PhaseContext(config, phase, n_old, n_seen, model, captured["old_model"], ex_x, ex_y.to(ex_x.device),
                        torch.device(device), gen, state)
     trainer.balanced_finetune(ctx, method, memory)

@@ -57,8 +57,8 @@ def mnemonics_memory(config: RunConfig, phase: int, captured: dict[str, Any], be
     new_x, new_y = data.norm(data.train.x[idx]), data.train.y[idx]
     per_class = protocol.exemplars_per_class(config, plan.seen_classes(phase))
     row = exemplar_stage(mn_config, copy.deepcopy(captured["model"]), memory, new_x, new_y, new, per_class,
-                         data.norm, make_generator(config.seed * 7919 + phase, device),
-                         torch.Generator().manual_seed(config.seed * 7919 + phase), phase)
+                         data.norm, make_generator(cbf_probe.probe_seed(config, phase), device),
+                         torch.Generator().manual_seed(cbf_probe.probe_seed(config, phase)), phase)
     return memory, row
 
 
@@ -69,10 +69,7 @@ def nme_scores(model, memory, test_x: torch.Tensor, test_y: torch.Tensor, n_old:
     model.eval()
     ex_x, ex_y = memory.tensors(list(range(n_seen)))
     pred = nme_predict(normalised_features(model, test_x, batch), class_means(model, ex_x, ex_y, n_seen, batch))
-    hit = (pred == test_y).float()
-    old = test_y < n_old
-    return {"nme_all": 100 * hit.mean().item(), "nme_old": 100 * hit[old].mean().item(),
-            "nme_new": 100 * hit[~old].mean().item()}
+    return {f"nme_{k}": v for k, v in cbf_probe.split_accuracy(pred, test_y, n_old).items()}
 
 
 def run_probe(config: RunConfig, device, phases: Sequence[int], steps: Sequence[float | None] = STEPS,
