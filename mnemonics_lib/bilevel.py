@@ -51,6 +51,7 @@ Augment = Callable[[Tensor], Tensor]
 PixelRange = tuple[float | Tensor, float | Tensor]
 
 _BN_MODES = ("eval", "train")
+_INNER_PARAMS = ("all", "head")
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class BilevelSettings:
         independent of how many are optimised at once.
     momentum: heavy-ball momentum of the outer step, v ← μ v + g, E ← E − β v (the convention
         of torch.optim.SGD, which the authors' code uses for its exemplars with μ = 0.9).
+    inner_params: which parameters the temporary model Θ' adapts. "all" — every trainable
+        parameter (the paper's Θ); "head" — only those of the model's ``head`` (the classifier),
+        the backbone a constant, as in an earlier release of the authors' code. The gradient
+        reaches the pixels either way: through the exemplars' features in the head's inner step.
     """
 
     inner_steps: int
@@ -91,6 +96,7 @@ class BilevelSettings:
     clip: float | None = None
     per_exemplar_step: bool = False
     momentum: float = 0.0
+    inner_params: str = "all"
 
     def __post_init__(self) -> None:
         for name in ("inner_steps", "outer_iters", "real_batch"):
@@ -103,6 +109,8 @@ class BilevelSettings:
                 raise ValueError(f"{name} must be a number, got {value!r}")
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+        if self.inner_params not in _INNER_PARAMS:
+            raise ValueError(f"inner_params must be one of {_INNER_PARAMS}, got {self.inner_params!r}")
         if self.bn_mode not in _BN_MODES:
             raise ValueError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
         if not isinstance(self.first_order, bool) or not isinstance(self.augment, bool):
@@ -119,15 +127,28 @@ class BilevelSettings:
 
 
 # --------------------------------------------------------------------------- model state
-def model_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Detached views of the model's trainable parameters and of all its buffers.
+def model_state(model: nn.Module, inner_params: str = "all") -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Detached views of the parameters the temporary model Θ' adapts, and of the constants.
 
-    Only parameters with ``requires_grad`` are returned: they are what the temporary model Θ'
-    adapts. Frozen ones (e.g. conv weights after weight transfer) are left to the module, so
-    :func:`torch.func.functional_call` uses them as constants.
+    ``inner_params`` "all": every parameter with ``requires_grad``; frozen ones (e.g. conv weights
+    after weight transfer) are left to the module, so :func:`torch.func.functional_call` uses them
+    as constants. "head": only the trainable parameters under ``model.head``; the others are
+    returned with the buffers, as detached constants.
     """
-    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    if inner_params not in _INNER_PARAMS:
+        raise ValueError(f"inner_params must be one of {_INNER_PARAMS}, got {inner_params!r}")
     buffers = {n: b.detach() for n, b in model.named_buffers()}
+    params = {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if inner_params == "all" or n.startswith("head."):
+            params[n] = p.detach()
+        else:
+            buffers[n] = p.detach()
+    if not params:
+        raise ValueError(f"the model has no trainable parameters for inner_params={inner_params!r}"
+                         + (" (no trainable parameter under model.head)" if inner_params == "head" else ""))
     return params, buffers
 
 
@@ -214,19 +235,25 @@ def _inner_steps(model, trainable, buffers, ex_x, ex_y, settings, keep_graph_at)
 
 
 def heldout_loss(model: nn.Module, ex_x: Tensor, ex_y: Tensor, real_x: Tensor, real_y: Tensor,
-                 settings: BilevelSettings, batch: int = 512) -> float:
+                 settings: BilevelSettings, batch: int = 512, *, inner: bool = True) -> float:
     """L_CE of the temporary model Θ'_K (K inner steps on the exemplars, as in the outer loss) on
     real samples kept out of the outer objective: the number the optimisation should lower if it
     improves the exemplars rather than fitting its own validation batches. Mean over all of
-    ``real_x`` (N, C, H, W), scored in chunks of ``batch``; the model is not modified."""
-    params, buffers = model_state(model)
+    ``real_x`` (N, C, H, W), scored in chunks of ``batch``; the model is not modified.
+
+    ``inner=False`` scores the model itself (no inner step, the exemplars unused): the reference
+    that says whether the K inner steps improve the model on real data or damage it — when Θ'_K
+    is far worse than Θ, lowering its loss repairs the inner step rather than distilling the data."""
+    params, buffers = model_state(model, settings.inner_params)
     if settings.bn_mode == "train":
         buffers = {n: b.clone() for n, b in buffers.items()}
     with _bn_mode(model, settings.bn_mode):
-        with torch.enable_grad():
-            trainable = _inner_steps(model, {n: p.detach().requires_grad_(True) for n, p in params.items()},
-                                     buffers, ex_x.detach(), ex_y, settings, lambda step: False)
-        trainable = {n: p.detach() for n, p in trainable.items()}
+        trainable = {n: p.detach() for n, p in params.items()}
+        if inner:
+            with torch.enable_grad():
+                trainable = _inner_steps(model, {n: p.requires_grad_(True) for n, p in trainable.items()},
+                                         buffers, ex_x.detach(), ex_y, settings, lambda step: False)
+            trainable = {n: p.detach() for n, p in trainable.items()}
         total = 0.0
         with torch.no_grad():
             for i in range(0, real_x.shape[0], batch):
@@ -251,7 +278,7 @@ def hypergradient(
     ``params``/``buffers`` default to :func:`model_state` of ``model``.
     """
     if params is None or buffers is None:
-        own_params, own_buffers = model_state(model)
+        own_params, own_buffers = model_state(model, settings.inner_params)
         params = own_params if params is None else params
         buffers = own_buffers if buffers is None else buffers
     grad, loss = _hypergradient_tensors(model, params, buffers, ex_x, ex_y, real_x, real_y, settings)
@@ -392,7 +419,7 @@ def optimise_exemplars(
     if not math.isfinite(step_lr) or step_lr <= 0:
         raise ValueError(f"lr must be finite and > 0, got {step_lr!r}")
     bounds = _clamp_bounds(pixel_range, settings.clip, ex_x)
-    params, buffers = model_state(model)
+    params, buffers = model_state(model, settings.inner_params)
     ex = ex_x.detach().clone()
     replay = _replay_for(model, params, buffers, ex_y, settings, ex.device, graph_backend)
     n_real = real_x.shape[0]

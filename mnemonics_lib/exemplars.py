@@ -38,7 +38,7 @@ def bilevel_settings(config: RunConfig) -> bilevel.BilevelSettings:
         outer_lr=m.outer_lr, old_lr=m.old_lr, first_order=m.first_order, bn_mode=m.bn_mode,
         real_batch=m.real_batch, augment=m.augment,
         clip=0.0,  # keep mnemonics valid images: pixels stay inside [0, 1] before normalisation
-        per_exemplar_step=m.step == "per_exemplar", momentum=m.momentum,
+        per_exemplar_step=m.step == "per_exemplar", momentum=m.momentum, inner_params=m.inner_params,
     )
 
 
@@ -110,7 +110,9 @@ def exemplar_stage(config: RunConfig, model: torch.nn.Module, memory: ExemplarMe
     ``mnemonics_pixel_delta`` (mean absolute change of the new exemplars' pixels from their
     initialisation, grey levels) and, with a held-out share, ``mnemonics_heldout_before`` /
     ``mnemonics_heldout_after``: the loss of the temporary model trained on the initial vs the
-    optimised exemplars, on new-class images the outer objective never saw."""
+    optimised exemplars, on new-class images the outer objective never saw, beside
+    ``mnemonics_heldout_model``, the loss of the model itself on them (no inner step): where the
+    temporary model starts far above it, the optimisation mostly undoes the inner step's damage."""
     model.eval()
     strategy = config.exemplars
     init = config.mnemonics.init if strategy == "mnemonics" else (
@@ -156,6 +158,8 @@ def _mnemonics(config, model, memory, ex_x, ex_y, new_x, new_y, chosen, norm, ge
     held = heldout_split(new_y, chosen, config.mnemonics.heldout_fraction, cpu_generator)
     real_x, real_y = new_x[~held], new_y[~held]
     if held.any():
+        row["mnemonics_heldout_model"] = bilevel.heldout_loss(model, ex_x, ex_y, new_x[held], new_y[held], settings,
+                                                              inner=False)
         row["mnemonics_heldout_before"] = bilevel.heldout_loss(model, ex_x, ex_y, new_x[held], new_y[held], settings)
     out = bilevel.optimise_exemplars(model, ex_x, ex_y, real_x, real_y, settings, generator=generator,
                                      augment=aug, pixel_range=norm.pixel_range)

@@ -15,6 +15,13 @@ and records, for each, the loss of the temporary model trained on the exemplars 
 after, and how far the pixels moved (mean absolute change, grey levels). A setting acts when the
 pixels move by at least a grey level on average *and* the held-out loss falls; past a good step
 size the held-out loss rises again, which is where the sweep stops.
+
+Beside them, the loss of the network itself on the same images (no inner step). A falling
+held-out loss only says the exemplars got better if the temporary model is not far worse than
+the network to begin with: when K steps at the inner rate alpha wreck it, the outer objective
+mostly repairs that damage. A setting *teaches* when it acts and its temporary model, trained on
+the optimised exemplars, ends at or below the network's own loss; grid items may therefore also
+set alpha and which parameters the inner loop adapts (``inner_params``, "all" or "head").
 """
 from __future__ import annotations
 
@@ -42,10 +49,29 @@ def base_config(dataset: str = "caltech100", profile: str = "quick", seed: int =
                        seed=seed, class_order_seed=seed, last_phase=probe_phase, **fields)
 
 
-def probe_settings(config: RunConfig, beta: float, k: int) -> bilevel.BilevelSettings:
-    """The study's bilevel settings of a mnemonics run of ``config``, at step ``beta`` and K = ``k``."""
+def probe_settings(config: RunConfig, beta: float, k: int, alpha: float | None = None,
+                   inner_params: str | None = None) -> bilevel.BilevelSettings:
+    """The study's bilevel settings of a mnemonics run of ``config``, at step ``beta`` and K = ``k``
+    (and, where given, inner rate ``alpha`` and ``inner_params``; else the config's)."""
     mn = dataclasses.replace(config.mnemonics, inner_steps=k, outer_lr=beta, old_lr=beta)
+    if alpha is not None:
+        mn = dataclasses.replace(mn, inner_lr=alpha)
+    if inner_params is not None:
+        mn = dataclasses.replace(mn, inner_params=inner_params)
     return bilevel_settings(dataclasses.replace(config, exemplars="mnemonics", mnemonics=mn))
+
+
+GridItem = tuple  # (beta, K) or (beta, K, alpha, inner_params)
+
+
+def grid_item(item: GridItem, config: RunConfig) -> dict[str, Any]:
+    """``{beta, K, alpha, inner_params}`` of a grid item; a (beta, K) pair takes the config's alpha
+    and inner parameters."""
+    if len(item) not in (2, 4):
+        raise ValueError(f"a grid item is (beta, K) or (beta, K, alpha, inner_params), got {item!r}")
+    beta, k = item[:2]
+    alpha, inner = item[2:] if len(item) == 4 else (config.mnemonics.inner_lr, config.mnemonics.inner_params)
+    return {"beta": float(beta), "K": int(k), "alpha": float(alpha), "inner_params": str(inner)}
 
 
 def probe_new(model, new_x, new_y, per_class: int, settings: bilevel.BilevelSettings, norm,
@@ -79,7 +105,8 @@ def probe_old(model, old_x, old_y, real_x, real_y, settings: bilevel.BilevelSett
 
 def _scores(model, before, after, ex_y, real_x, real_y, settings, norm) -> dict[str, float]:
     change = pixel_change(before, after, norm)
-    return {"heldout_before": bilevel.heldout_loss(model, before, ex_y, real_x, real_y, settings),
+    return {"heldout_model": bilevel.heldout_loss(model, before, ex_y, real_x, real_y, settings, inner=False),
+            "heldout_before": bilevel.heldout_loss(model, before, ex_y, real_x, real_y, settings),
             "heldout_after": bilevel.heldout_loss(model, after, ex_y, real_x, real_y, settings),
             "pixel_delta": change["mean"], "pixel_max": change["max"], "n_heldout": int(len(real_y))}
 
@@ -111,20 +138,23 @@ def run_probe(config: RunConfig, device, new_grid: Iterable[tuple[float, int]] =
     new_x, new_y = data.norm(data.train.x[idx]), data.train.y[idx]
     per_class = config.memory_per_class
     rows = []
-    for beta, k in new_grid:
-        s = probe_settings(config, beta, k)
-        rows.append({"program": "new", "beta": beta, "K": k,
+    for item in map(lambda t: grid_item(t, config), new_grid):
+        s = probe_settings(config, item["beta"], item["K"], item["alpha"], item["inner_params"])
+        rows.append({"program": "new", **item,
                      **probe_new(model, new_x, new_y, per_class, s, norm, heldout_fraction, config.seed)})
         say(rows[-1])
+    old_grid = tuple(old_grid)
+    if not old_grid:  # e.g. phase 0, which has no old exemplars
+        return rows
     old_x, old_y = memory.tensors()
     old_y = old_y.to(old_x.device)
     keep_old = old_y < plan.starts[p]
     old_x, old_y = old_x[keep_old], old_y[keep_old]
     ridx = data.train.select(list(range(plan.starts[p])))
     real_x, real_y = data.norm(data.train.x[ridx]), data.train.y[ridx]
-    for beta, k in old_grid:
-        s = probe_settings(config, beta, k)
-        rows.append({"program": "old", "beta": beta, "K": k,
+    for item in map(lambda t: grid_item(t, config), old_grid):
+        s = probe_settings(config, item["beta"], item["K"], item["alpha"], item["inner_params"])
+        rows.append({"program": "old", **item,
                      **probe_old(model, old_x, old_y, real_x, real_y, s, norm, config.seed)})
         say(rows[-1])
     return rows
@@ -135,20 +165,34 @@ def acts(row: dict[str, Any]) -> bool:
     return row["pixel_delta"] >= 1.0 and row["heldout_after"] < row["heldout_before"]
 
 
+def teaches(row: dict[str, Any]) -> bool | None:
+    """It acts, and the temporary model trained on the optimised exemplars is no worse on the
+    held-out images than the network itself; None for records without the network's own loss."""
+    if row.get("heldout_model") is None:
+        return None
+    return acts(row) and row["heldout_after"] <= row["heldout_model"]
+
+
 def choose(rows: Sequence[dict[str, Any]], program: str) -> dict[str, Any] | None:
-    """Among the settings that act, the one with the lowest held-out loss after optimisation."""
-    ok = [r for r in rows if r["program"] == program and acts(r)]
+    """Among the settings that act (and teach, where the record can say), the one with the lowest
+    held-out loss after optimisation."""
+    ok = [r for r in rows if r["program"] == program and acts(r) and teaches(r) is not False]
     return min(ok, key=lambda r: r["heldout_after"]) if ok else None
 
 
 def probe_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown: one line per setting, the chosen ones in bold."""
-    lines = ["| program | beta | K | held-out loss before | after | change | pixel change, mean / max (grey levels) | acts |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Markdown: one line per setting, the chosen ones in bold; "—" where a record predates a column."""
+    lines = ["| program | beta | K | alpha | inner | network's own loss | held-out loss before | after | change "
+             "| pixel change, mean / max (grey levels) | acts | teaches |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     chosen = [choose(rows, p) for p in ("new", "old")]
+    yes = {True: "yes", False: "no", None: "—"}
     for r in rows:
         mark = "**" if r in chosen else ""
-        lines.append(f"| {r['program']} | {mark}{r['beta']:g}{mark} | {r['K']} | {r['heldout_before']:.4f} | "
+        alpha = "—" if r.get("alpha") is None else f"{r['alpha']:g}"
+        own = "—" if r.get("heldout_model") is None else f"{r['heldout_model']:.4f}"
+        lines.append(f"| {r['program']} | {mark}{r['beta']:g}{mark} | {r['K']} | {alpha} | "
+                     f"{r.get('inner_params', '—')} | {own} | {r['heldout_before']:.4f} | "
                      f"{r['heldout_after']:.4f} | {r['heldout_after'] - r['heldout_before']:+.4f} | "
-                     f"{r['pixel_delta']:.2f} / {r['pixel_max']:.1f} | {'yes' if acts(r) else 'no'} |")
+                     f"{r['pixel_delta']:.2f} / {r['pixel_max']:.1f} | {yes[acts(r)]} | {yes[teaches(r)]} |")
     return "\n".join(lines)

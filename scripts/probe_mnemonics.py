@@ -7,6 +7,7 @@ provenance), which ``python scripts/study.py readme`` turns into the README's pr
     python scripts/probe_mnemonics.py --threads 2
     python scripts/probe_mnemonics.py --dataset cifar10 --train-per-class 500 --phases 5
     python scripts/probe_mnemonics.py --dataset caltech101_jpeg --new-grid 1:2,10:2,100:2 --old-grid ''
+    python scripts/probe_mnemonics.py --new-grid 1:2:0.01:all,10:1:0.1:head --old-grid ''
 """
 from __future__ import annotations
 
@@ -21,12 +22,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _grid(text: str) -> tuple[tuple[float, int], ...]:
-    """``"1:2,10:2"`` -> ((1.0, 2), (10.0, 2)); ``""`` -> () (that program is not probed)."""
-    try:
-        return tuple((float(b), int(k)) for b, k in (item.split(":") for item in filter(None, text.split(","))))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: write beta:K pairs separated by commas, e.g. 1:2,10:2") from None
+def _grid(text: str) -> tuple[tuple, ...]:
+    """``"1:2,10:2"`` -> ((1.0, 2), (10.0, 2)); ``"10:1:0.01:head"`` -> ((10.0, 1, 0.01, "head"),)
+    (beta:K[:alpha:inner_params]); ``""`` -> () (that program is not probed)."""
+    out = []
+    for item in filter(None, text.split(",")):
+        parts = item.split(":")
+        try:
+            if len(parts) == 2:
+                out.append((float(parts[0]), int(parts[1])))
+            elif len(parts) == 4 and parts[3] in ("all", "head"):
+                out.append((float(parts[0]), int(parts[1]), float(parts[2]), parts[3]))
+            else:
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: write beta:K or beta:K:alpha:inner_params (inner_params all or head) items "
+                "separated by commas, e.g. 1:2,10:1:0.01:head") from None
+    return tuple(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     probe_cli.add_base_run_arguments(ap, ROOT / "results")
     ap.add_argument("--new-grid", type=_grid, default=None,
                     help="beta1:K,... for the new-class program (default: step_probe.NEW_GRID)")
+    ap.add_argument("--probe-phase", type=int, default=1,
+                    help="the phase whose network and exemplars are probed (0 has no old exemplars: pass --old-grid '')")
     ap.add_argument("--old-grid", type=_grid, default=None,
                     help="beta2:K,... for the old-exemplar adjustment, '' for none (default: step_probe.OLD_GRID)")
     args = ap.parse_args(argv)
@@ -43,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from mnemonics_study import step_probe
 
-    config = step_probe.base_config(args.dataset, args.profile, args.seed, args.phases, **fields)
+    if args.probe_phase == 0 and args.old_grid != ():
+        ap.error("phase 0 has no old exemplars to adjust: pass --old-grid ''")
+    config = step_probe.base_config(args.dataset, args.profile, args.seed, args.phases, args.probe_phase, **fields)
     grids = {k: v for k, v in (("new_grid", args.new_grid), ("old_grid", args.old_grid)) if v is not None}
     # a probe over another grid is another record: it never overwrites the default grid's
     tag = "-grid" + hashlib.sha256(repr(sorted(grids.items())).encode()).hexdigest()[:6] if grids else ""

@@ -84,10 +84,32 @@ def test_probe_table_marks_the_settings_that_act_and_the_choice():
              "pixel_delta": 8.0, "pixel_max": 255.0}]
     assert step_probe.choose(rows, "new") is rows[1] and step_probe.choose(rows, "old") is None
     assert step_probe.probe_table(rows).splitlines()[2:] == [
-        "| new | 0.1 | 1 | 2.0000 | 1.5000 | -0.5000 | 0.50 / 3.0 | no |",
-        "| new | **1** | 2 | 2.0000 | 1.2500 | -0.7500 | 9.40 / 255.0 | yes |",
-        "| new | 10 | 2 | 2.0000 | 2.5000 | +0.5000 | 48.00 / 255.0 | no |",
-        "| old | 1 | 1 | 3.0000 | 3.5000 | +0.5000 | 8.00 / 255.0 | no |"]
+        "| new | 0.1 | 1 | — | — | — | 2.0000 | 1.5000 | -0.5000 | 0.50 / 3.0 | no | — |",
+        "| new | **1** | 2 | — | — | — | 2.0000 | 1.2500 | -0.7500 | 9.40 / 255.0 | yes | — |",
+        "| new | 10 | 2 | — | — | — | 2.0000 | 2.5000 | +0.5000 | 48.00 / 255.0 | no | — |",
+        "| old | 1 | 1 | — | — | — | 3.0000 | 3.5000 | +0.5000 | 8.00 / 255.0 | no | — |"]
+
+
+def test_a_setting_whose_inner_step_damages_the_network_does_not_teach():
+    from mnemonics_study import step_probe
+
+    common = {"program": "new", "K": 2, "pixel_max": 80.0, "pixel_delta": 5.0, "heldout_model": 0.75}
+    repair = {**common, "beta": 1.0, "alpha": 0.1, "inner_params": "all", "heldout_before": 2.75,
+              "heldout_after": 1.5}  # a large fall, but it only undoes the inner step's damage
+    teach = {**common, "beta": 10.0, "alpha": 0.01, "inner_params": "head", "heldout_before": 0.76,
+             "heldout_after": 0.74}
+    assert step_probe.acts(repair) and step_probe.teaches(repair) is False
+    assert step_probe.teaches(teach) is True
+    assert step_probe.choose([repair, teach], "new") is teach
+    assert step_probe.probe_table([repair, teach]).splitlines()[2:] == [
+        "| new | 1 | 2 | 0.1 | all | 0.7500 | 2.7500 | 1.5000 | -1.2500 | 5.00 / 80.0 | yes | no |",
+        "| new | **10** | 2 | 0.01 | head | 0.7500 | 0.7600 | 0.7400 | -0.0200 | 5.00 / 80.0 | yes | yes |"]
+    config = step_probe.base_config("synthetic", "smoke", 1, 2, 1, synthetic_classes=8)
+    assert step_probe.grid_item((10, 2), config) == {"beta": 10.0, "K": 2, "alpha": config.mnemonics.inner_lr,
+                                                     "inner_params": "all"}
+    assert step_probe.grid_item((10, 2, 0.01, "head"), config)["inner_params"] == "head"
+    s = step_probe.probe_settings(config, 10.0, 2, 0.01, "head")
+    assert (s.inner_lr, s.inner_params, s.outer_lr, s.inner_steps) == (0.01, "head", 10.0, 2)
 
 
 def test_probe_moves_pixels_further_with_a_larger_step():
@@ -101,6 +123,7 @@ def test_probe_moves_pixels_further_with_a_larger_step():
         small, large = [r for r in rows if r["program"] == program]
         assert large["pixel_delta"] > small["pixel_delta"] > 0
         assert small["heldout_before"] == large["heldout_before"]  # the same start, scored alike
+        assert small["heldout_model"] == large["heldout_model"] > 0
         assert small["n_heldout"] > 0
 
 
@@ -147,7 +170,7 @@ def test_probe_scripts_write_their_records_and_a_partial_grid_never_overwrites(t
     assert rec["env"]["git_commit"] and rec["base_config"]["exemplars"] == "herding"
     with pytest.raises(SystemExit):
         _script("probe_mnemonics").main(base + ["--new-grid", "1:x"])
-    assert "write beta:K pairs" in capsys.readouterr().err
+    assert "write beta:K or beta:K:alpha:inner_params" in capsys.readouterr().err
     assert _script("probe_mnemonics").main(base + ["--new-grid", "1:1", "--old-grid", ""]) == 0
     (probe,) = (tmp_path / "diagnostics" / "mnemonics_probe").glob("*.json")
     assert "-grid" in probe.name and [r["program"] for r in json.loads(probe.read_text())["rows"]] == ["new"]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from mnemonics_lib import bilevel, trainer
 from mnemonics_lib.backbones import build_net
-from mnemonics_lib.config import make_config
+from mnemonics_lib.config import ConfigError, make_config
 from mnemonics_lib.exemplars import heldout_split
 from mnemonics_lib.memory import ExemplarMemory
 from mnemonics_lib.methods import PhaseContext, get_method
@@ -133,7 +133,7 @@ def test_cbf_without_margin_ranking_is_cross_entropy_alone_when_the_features_are
 
     no_mr = tuned(cbf_probe.variant_method("no_margin_ranking"))
     full = tuned(cbf_probe.variant_method("lucir_loss"))
-    monkeypatch.setattr(type(lucir), "loss", lambda self, c, a, b: torch.nn.functional.cross_entropy(
+    monkeypatch.setattr(type(lucir), "loss", lambda self, c, a, b: F.cross_entropy(
         c.model.head.sigma * c.model.head.cosine(c.model.features(a)), b))
     ce = tuned(lucir)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(no_mr, ce))
@@ -220,6 +220,58 @@ def test_heldout_loss_is_the_outer_loss_on_the_heldout_images():
     assert bilevel.heldout_loss(net, ex_x, ex_y, real_x, real_y, s, batch=5) == pytest.approx(expected, rel=1e-10)
 
 
+def test_heldout_loss_without_the_inner_step_is_the_models_own_loss():
+    net, ex_x, ex_y, real_x, real_y = _tiny()
+    s = _settings(inner_steps=2)
+    with torch.no_grad():
+        own = float(F.cross_entropy(net(real_x), real_y))
+    assert bilevel.heldout_loss(net, ex_x, ex_y, real_x, real_y, s, batch=5, inner=False) == pytest.approx(own, rel=1e-12)
+    # the inner steps change the model, so the temporary model scores differently
+    assert bilevel.heldout_loss(net, ex_x, ex_y, real_x, real_y, s) != pytest.approx(own, rel=1e-6)
+
+
+class _HeadNet(torch.nn.Module):
+    """backbone + head, named as mnemonics_lib.backbones.IncrementalNet."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.BatchNorm2d(3),
+                                            torch.nn.ReLU(), torch.nn.Flatten())
+        self.head = torch.nn.Linear(48, 3)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def test_a_head_only_inner_loop_adapts_only_the_classifier():
+    net = _HeadNet().double().eval()
+    _, ex_x, ex_y, real_x, real_y = _tiny()
+    s = _settings(inner_steps=2, inner_params="head")
+    params, consts = bilevel.model_state(net, "head")
+    assert set(params) == {"head.weight", "head.bias"}
+    assert {"backbone.0.weight", "backbone.0.bias", "backbone.1.running_mean"} <= set(consts)
+    # the hand-written program: two SGD steps of the head on the exemplars' fixed features
+    ex = ex_x.clone().requires_grad_(True)
+    w, b = net.head.weight.detach().requires_grad_(True), net.head.bias.detach().requires_grad_(True)
+    for _ in range(2):
+        inner = F.cross_entropy(F.linear(net.backbone(ex), w, b), ex_y)
+        gw, gb = torch.autograd.grad(inner, (w, b), create_graph=True)
+        w, b = w - 0.5 * gw, b - 0.5 * gb
+    outer = F.cross_entropy(F.linear(net.backbone(real_x), w, b), real_y)
+    (expected,) = torch.autograd.grad(outer, ex)
+    got, loss = bilevel.hypergradient(net, ex_x, ex_y, real_x, real_y, s)
+    assert loss == pytest.approx(float(outer.detach()), rel=1e-12)
+    assert torch.allclose(got, expected, atol=1e-12)
+    assert expected.abs().sum() > 0  # the gradient reaches the pixels through the features
+    full, _ = bilevel.hypergradient(net, ex_x, ex_y, real_x, real_y, _settings(inner_steps=2))
+    assert not torch.allclose(full, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="model.head"):
+        bilevel.model_state(torch.nn.Sequential(torch.nn.Linear(2, 2)), "head")
+    with pytest.raises(ValueError, match="inner_params"):
+        _settings(inner_params="backbone")
+
+
 def test_heldout_split_takes_a_share_of_each_classes_non_exemplars():
     y = torch.tensor([0] * 10 + [1] * 5 + [2] * 3)
     chosen = torch.zeros(18, dtype=torch.bool)
@@ -235,6 +287,7 @@ def test_a_mnemonics_run_records_that_its_step_acts_in_every_phase():
     rows = trainer.run_incremental(cfg, "cpu", checkpoints=False)["per_phase"]
     for r in rows:
         assert r["mnemonics_heldout_before"] > 0 and r["mnemonics_heldout_after"] > 0
+        assert r["mnemonics_heldout_model"] > 0 and r["mnemonics_heldout_model"] != r["mnemonics_heldout_before"]
         assert r["mnemonics_pixel_delta"] == r["exemplar_change"]["new"]["mean"] > 0
         assert r["mnemonics_heldout_n"] > 0
 
@@ -242,9 +295,15 @@ def test_a_mnemonics_run_records_that_its_step_acts_in_every_phase():
 def test_the_mnemonics_step_defaults_are_the_scaled_step_with_momentum():
     m = make_config(exemplars="mnemonics").mnemonics
     assert (m.step, m.momentum, m.heldout_fraction) == ("per_exemplar", 0.9, 0.2)
+    assert m.inner_params == "all"
     legacy = make_config(exemplars="mnemonics", mnemonics={"step": "plain", "momentum": 0.0,
                                                          "heldout_fraction": 0.0}).to_dict()["mnemonics"]
-    assert not {"step", "momentum", "heldout_fraction"} & set(legacy)  # earlier runs' hashes hold
+    assert not {"step", "momentum", "heldout_fraction", "inner_params"} & set(legacy)  # earlier hashes hold
+    head = make_config(exemplars="mnemonics", mnemonics={"inner_params": "head"})
+    assert head.to_dict()["mnemonics"]["inner_params"] == "head"
+    assert head.config_hash() != make_config(exemplars="mnemonics").config_hash()
+    with pytest.raises(ConfigError, match="inner_params"):
+        make_config(exemplars="mnemonics", mnemonics={"inner_params": "backbone"})
 
 
 # ------------------------------------------------------------------ cached runs keep their hashes
