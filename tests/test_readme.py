@@ -205,15 +205,16 @@ def test_readme_is_short_and_about_the_project():
     assert not re.search(r"\bsession\b|issue #|\b20\d\d-\d\d-\d\d\b", text, re.I)
 
 
-def _phase(before, after, new, old=None):
+def _phase(before, after, new, old=None, model=None):
     change = {"new": {"mean": new, "max": 9.0}} | ({"old": {"mean": old, "max": 1.0}} if old is not None else {})
     return {"mnemonics_heldout_before": before, "mnemonics_heldout_after": after,
-            "mnemonics_pixel_delta": new, "exemplar_change": change}
+            "mnemonics_pixel_delta": new, "exemplar_change": change} | (
+        {} if model is None else {"mnemonics_heldout_model": model})
 
 
 def test_acts_table_counts_phases_and_applies_the_criterion():
     a, b = fake("lucir_mnemonics", 1993, 30.0), fake("lucir_mnemonics", 1994, 31.0)
-    a.metrics["per_phase"] = [_phase(2.0, 1.5, 3.0), _phase(2.0, 2.5, 1.0, 0.5)]
+    a.metrics["per_phase"] = [_phase(2.0, 1.5, 3.0, model=1.25), _phase(2.0, 2.5, 1.0, 0.5, model=2.5)]
     b.metrics["per_phase"] = [_phase(3.0, 2.0, 0.5), _phase(3.0, 2.9, 0.25, 0.25)]
     old = fake("lucir_mnemonics", 1995, 29.0)
     old.metrics["per_phase"] = [{"acc_cnn": 1.0}]  # a run from before the held-out measurement
@@ -221,9 +222,9 @@ def test_acts_table_counts_phases_and_applies_the_criterion():
     lines = readme.acts_table([b, herding, old, a], "caltech100").splitlines()
     h = {r.config["seed"]: r.config["config_hash"] for r in (a, b, old)}
     assert lines[2:5] == [
-        f"| 5 | 1993 | 1 of 2 | 2.000 (min 1.000, max 3.000) | 0.500 | {h[1993]} | CPU |",
-        f"| 5 | 1994 | 2 of 2 | 0.375 (min 0.250, max 0.500) | 0.250 | {h[1994]} | CPU |",
-        f"| 5 | 1995 | not measured (run predates the held-out split) |  |  | {h[1995]} | CPU |"]
+        f"| 5 | 1993 | 1 of 2 | 1 of 2 | 2.000 (min 1.000, max 3.000) | 0.500 | {h[1993]} | CPU |",
+        f"| 5 | 1994 | 2 of 2 | not measured | 0.375 (min 0.250, max 0.500) | 0.250 | {h[1994]} | CPU |",
+        f"| 5 | 1995 | not measured (run predates the held-out split) |  |  |  | {h[1995]} | CPU |"]
     assert lines[-1] == ("Over 4 phases: held-out loss fell in 75 % (criterion >= 90 %), new exemplars moved "
                          "1.188 grey levels on average (criterion >= 1): does not act by the criterion.")
     b.metrics["per_phase"][0] = _phase(3.0, 2.0, 5.0)
@@ -231,6 +232,35 @@ def test_acts_table_counts_phases_and_applies_the_criterion():
     assert readme.acts_table([a, b], "caltech100").endswith(": acts.")
     assert readme.acts_table([herding], "cifar10") == (
         "No LUCIR w/ mnemonics run of cifar10 with the held-out measurement in results/ yet.")
+
+
+def test_the_earlier_step_maps_only_the_mnemonics_configs():
+    from mnemonics_lib.config import make_config
+
+    mn, herding = make_config(exemplars="mnemonics"), make_config()
+    earlier, same = readme.at_earlier_step([mn, herding])
+    assert same is herding
+    assert (earlier.mnemonics.inner_lr, earlier.mnemonics.outer_lr, earlier.mnemonics.old_lr) == (0.1, 1.0, 1.0)
+    assert earlier.mnemonics.inner_steps == mn.mnemonics.inner_steps and earlier.config_hash() != mn.config_hash()
+
+
+def test_probe_block_picks_the_phase_and_fills_alpha_from_the_records_settings(tmp_path):
+    import json
+
+    folder = tmp_path / "diagnostics" / "mnemonics_probe"
+    folder.mkdir(parents=True)
+    row = {"program": "new", "beta": 1.0, "K": 2, "heldout_before": 2.5, "heldout_after": 1.5,
+           "pixel_delta": 9.0, "pixel_max": 200.0}
+    for name, phase, written in (("a", 1, "2026-12-01T00:00:00+00:00"), ("b", 0, "2026-12-02T00:00:00+00:00")):
+        rec = {"rows": [row], "probe_phase": phase, "base_config_hash": "abc", "written_utc": written,
+               "probe_settings": {"inner_lr": 0.1 if phase else 0.001},
+               "env": {"git_commit": "0123456789", "device": "cpu", "cpu_compile": True}}
+        (folder / f"cifar10-quick-s1993-{name}.json").write_text(json.dumps(rec))
+    at1 = readme.probe_block(tmp_path, "cifar10", "quick", 1).splitlines()
+    assert at1[2] == "| new | **1** | 2 | 0.1 | all | — | 2.5000 | 1.5000 | -1.0000 | 9.00 / 200.0 | yes | — |"
+    assert at1[-1].startswith("Base network: LUCIR herding after phase 1 (abc); `cifar10-quick-s1993-a.json`")
+    assert "| 0.001 | all |" in readme.probe_block(tmp_path, "cifar10", "quick").splitlines()[2]  # the newest
+    assert readme.probe_block(tmp_path, "cifar10", "quick", 2).endswith("--probe-phase 2`")
 
 
 def test_cbf_probe_block_renders_the_newest_record(tmp_path):

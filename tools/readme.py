@@ -18,13 +18,15 @@ the others.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from mnemonics_study import paper_numbers, report, study
 from mnemonics_study.report import device_of, short_device
+from mnemonics_lib.config import RunConfig
 from mnemonics_study.study import SEEDS, as_list, spec_of
 
 BEGIN = "<!-- generated: {} -->"
@@ -329,10 +331,14 @@ ACTS_GREY_LEVELS = 1.0
 
 def acts_table(records: Iterable[Any], dataset: str) -> str:
     """Markdown: per LUCIR w/ mnemonics run of ``dataset``, in how many phases the held-out loss of
-    the temporary model fell, and how far the exemplars moved (``mnemonics_heldout_before/_after``,
-    ``exemplar_change`` of each phase's metrics), with the verdict over all its runs' phases."""
-    lines = ["| N | seed | held-out loss fell (phases) | new exemplars moved, mean per phase (grey levels) | "
-             "old exemplars moved, mean | config hash | device |", "|---|---|---|---|---|---|---|"]
+    the temporary model fell, in how many it ended at or below the network's own loss (the
+    exemplars teach, rather than repair the inner step; runs that predate
+    ``mnemonics_heldout_model`` read "not measured"), and how far the exemplars moved
+    (``mnemonics_heldout_*``, ``exemplar_change`` of each phase's metrics), with the verdict over
+    all its runs' phases."""
+    lines = ["| N | seed | held-out loss fell (phases) | ended at or below the network's own loss (phases) | "
+             "new exemplars moved, mean per phase (grey levels) | old exemplars moved, mean | config hash | device |",
+             "|---|---|---|---|---|---|---|---|"]
     fell = total = 0
     moved: list[float] = []
     runs = sorted((r for r in records if spec_of(r.config) == "lucir_mnemonics"),
@@ -340,15 +346,18 @@ def acts_table(records: Iterable[Any], dataset: str) -> str:
     for r in runs:
         rows = [p for p in r.metrics["per_phase"] if "mnemonics_heldout_after" in p]
         down = sum(p["mnemonics_heldout_after"] < p["mnemonics_heldout_before"] for p in rows)
+        own = [p for p in rows if "mnemonics_heldout_model" in p]
+        teach = (f"{sum(p['mnemonics_heldout_after'] <= p['mnemonics_heldout_model'] for p in own)} of {len(own)}"
+                 if own else "not measured")
         new = [p["mnemonics_pixel_delta"] for p in rows]
         old = [p["exemplar_change"]["old"]["mean"] for p in rows if "old" in p.get("exemplar_change", {})]
         fell, total, moved = fell + down, total + len(rows), moved + new
-        lines.append(f"| {r.config['phases']} | {r.config['seed']} | {down} of {len(rows)} | "
+        lines.append(f"| {r.config['phases']} | {r.config['seed']} | {down} of {len(rows)} | {teach} | "
                      f"{statistics.fmean(new):.3f} (min {min(new):.3f}, max {max(new):.3f}) | "
                      f"{f'{statistics.fmean(old):.3f}' if old else 'not adjusted'} | {r.config['config_hash']} | "
                      f"{device_of(r.env)} |"
                      if rows else f"| {r.config['phases']} | {r.config['seed']} | not measured (run predates the "
-                                  f"held-out split) |  |  | {r.config['config_hash']} | {device_of(r.env)} |")
+                                  f"held-out split) |  |  |  | {r.config['config_hash']} | {device_of(r.env)} |")
     if not total:
         return f"No LUCIR w/ mnemonics run of {dataset} with the held-out measurement in results/ yet."
     share, mean = fell / total, statistics.fmean(moved)
@@ -359,9 +368,49 @@ def acts_table(records: Iterable[Any], dataset: str) -> str:
     return "\n".join(lines)
 
 
+# The step of the study's earlier LUCIR w/ mnemonics runs: alpha 0.1 (where the inner step damages
+# the temporary model), beta1 = beta2 = 1. Their cached runs stay comparable against the controls.
+EARLIER_STEP = {"inner_lr": 0.1, "outer_lr": 1.0, "old_lr": 1.0}
+
+
+def at_earlier_step(configs: Iterable[RunConfig]) -> list[RunConfig]:
+    """The LUCIR w/ mnemonics configs among ``configs`` at :data:`EARLIER_STEP`, the rest as they are."""
+    return [dataclasses.replace(c, mnemonics=dataclasses.replace(c.mnemonics, **EARLIER_STEP))
+            if spec_of(c) == "lucir_mnemonics" else c for c in configs]
+
+
 def _variants_with(params: Mapping[str, Any], notebook: str) -> list[Mapping[str, Any]]:
     """The profile's parameters and those of each variant that renders ``notebook``."""
     return [params] + [vp for _, nbs, vp in study.variant_params(params) if notebook in nbs]
+
+
+def _mnemonics_comparisons(params: Mapping[str, Any], root: Any, adjust=lambda cs: list(cs)) -> list[Comparison]:
+    """LUCIR w/ mnemonics against herding at every Table-1 N, and against herding + CBF (and CBF
+    against herding) at the ablation's and control's N; ``adjust`` maps the configs first (e.g.
+    :func:`at_earlier_step`)."""
+    out: list[Comparison] = []
+    for vp in _variants_with(params, "table1"):
+        p = study.notebook_parameters("table1", vp)
+        recs = study.run_configs(adjust(study.notebook_configs("table1", vp)), root, missing="skip")
+        out += [Comparison(p["dataset"], int(n), "lucir_mnemonics", REFERENCE, recs) for n in as_list(p["phases"])]
+    for vp in _variants_with(params, "ablation_exemplars"):
+        p = study.notebook_parameters("ablation_exemplars", vp)
+        configs = adjust(study.notebook_configs("ablation_exemplars", vp))
+        specs = set(spec_of(c) for c in configs)
+        if {"lucir_mnemonics", CBF_CONTROL} <= specs:
+            recs = study.run_configs(configs, root, missing="skip")
+            for n in dict.fromkeys(as_list(p["ablation_phases"]) + as_list(p["cbf_control_phases"])):
+                # mnemonics against the control, and the control's own cost (CBF alone)
+                out += [Comparison(p["dataset"], int(n), "lucir_mnemonics", CBF_CONTROL, recs),
+                        Comparison(p["dataset"], int(n), CBF_CONTROL, REFERENCE, recs)]
+    return out
+
+
+def _ordered(comparisons: list[Comparison]) -> list[Comparison]:
+    """By dataset (first seen), N, then mnemonics vs herding, vs herding + CBF, CBF vs herding."""
+    datasets = list(dict.fromkeys(c.dataset for c in comparisons))
+    order = [("lucir_mnemonics", REFERENCE), ("lucir_mnemonics", CBF_CONTROL), (CBF_CONTROL, REFERENCE)]
+    return sorted(comparisons, key=lambda c: (datasets.index(c.dataset), c.phases, order.index((c.spec, c.reference))))
 
 
 def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
@@ -373,31 +422,25 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     from mnemonics_study import diagnostics
 
     blocks: dict[str, str] = {}
-    comparisons: list[Comparison] = []
     for vp in _variants_with(params, "table1"):
         p = study.notebook_parameters("table1", vp)
         recs = study.run_configs(study.notebook_configs("table1", vp), root, missing="skip")
         blocks.update(table1_blocks(recs, p["dataset"], p["profile"], p["phases"], p["seeds"]))
         blocks[f"headline-{p['dataset']}-{p['profile']}"] = headline_table(recs, p["dataset"], p["phases"],
                                                                           as_list(p["seeds"]))
-        comparisons += [Comparison(p["dataset"], int(n), "lucir_mnemonics", REFERENCE, recs)
-                        for n in as_list(p["phases"])]
         blocks[f"mnemonics-acts-{p['dataset']}-{p['profile']}"] = acts_table(recs, p["dataset"])
+        earlier = study.run_configs(at_earlier_step(study.notebook_configs("table1", vp)), root, missing="skip")
+        blocks[f"mnemonics-acts-earlier-step-{p['dataset']}-{p['profile']}"] = acts_table(earlier, p["dataset"])
     for vp in _variants_with(params, "ablation_exemplars"):
         p = study.notebook_parameters("ablation_exemplars", vp)
         configs = study.notebook_configs("ablation_exemplars", vp)
         recs = study.run_configs(configs, root, missing="skip")
         specs = list(dict.fromkeys(spec_of(c) for c in configs))
         blocks.update(ablation_blocks(recs, p["dataset"], p["profile"], p["ablation_phases"], specs, p["seeds"]))
-        if {"lucir_mnemonics", CBF_CONTROL} <= set(specs):
-            control_n = dict.fromkeys(as_list(p["ablation_phases"]) + as_list(p["cbf_control_phases"]))
-            for n in control_n:  # mnemonics against the control, and the control's own cost (CBF alone)
-                comparisons += [Comparison(p["dataset"], int(n), "lucir_mnemonics", CBF_CONTROL, recs),
-                                Comparison(p["dataset"], int(n), CBF_CONTROL, REFERENCE, recs)]
-    datasets = list(dict.fromkeys(c.dataset for c in comparisons))
-    order = [("lucir_mnemonics", REFERENCE), ("lucir_mnemonics", CBF_CONTROL), (CBF_CONTROL, REFERENCE)]
-    comparisons.sort(key=lambda c: (datasets.index(c.dataset), c.phases, order.index((c.spec, c.reference))))
-    blocks[f"mnemonics-vs-herding-{params['profile']}"] = comparison_table(comparisons, params["seeds"])
+    comparisons = _mnemonics_comparisons(params, root)
+    blocks[f"mnemonics-vs-herding-{params['profile']}"] = comparison_table(_ordered(comparisons), params["seeds"])
+    blocks[f"mnemonics-vs-herding-earlier-step-{params['profile']}"] = comparison_table(
+        _ordered(_mnemonics_comparisons(params, root, at_earlier_step)), params["seeds"])
 
     configs = study.notebook_configs("sweep_mnemonics", params)
     recs = study.run_configs(configs, root, missing="skip", study=study.STUDY_SWEEPS)
@@ -415,6 +458,9 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
 
     for ds in dict.fromkeys(vp["dataset"] for vp in _variants_with(params, "table1")):
         blocks[f"mnemonics-probe-{ds}-{params['profile']}"] = probe_block(Path(root), ds, params["profile"])
+        for phase in (0, 1):
+            blocks[f"mnemonics-probe-{ds}-{params['profile']}-phase{phase}"] = probe_block(
+                Path(root), ds, params["profile"], phase)
         blocks[f"cbf-probe-{ds}-{params['profile']}"] = cbf_probe_block(Path(root), ds, params["profile"])
         blocks[f"exemplar-effect-{ds}-{params['profile']}"] = exemplar_effect_block(Path(root), ds, params["profile"])
     blocks[f"runtimes-{params['profile']}"] = runtime_table(params, root)
@@ -446,32 +492,40 @@ def runtime_table(params: Mapping[str, Any], root: Any) -> str:
     return "\n".join(lines)
 
 
-def _newest_record(folder: Path, dataset: str, profile: str) -> dict[str, Any] | None:
+def _newest_record(folder: Path, dataset: str, profile: str,
+                   where: Callable[[Mapping[str, Any]], bool] = lambda r: True) -> dict[str, Any] | None:
     """The newest JSON record ``<dataset>-<profile>-*.json`` in ``folder`` (by the time it was
-    written, then by file name), its file name under ``_file``; None if there is none."""
+    written, then by file name) that ``where`` accepts, its file name under ``_file``; None if
+    there is none."""
     import json
 
-    files = sorted(folder.glob(f"{dataset}-{profile}-*.json"))
-    if not files:
-        return None
-    return max((json.loads(f.read_text()) | {"_file": f.name} for f in files),
-               key=lambda r: (r.get("written_utc", ""), r["_file"]))
+    recs = [json.loads(f.read_text()) | {"_file": f.name} for f in sorted(folder.glob(f"{dataset}-{profile}-*.json"))]
+    recs = [r for r in recs if where(r)]
+    return max(recs, key=lambda r: (r.get("written_utc", ""), r["_file"])) if recs else None
 
 
 def _record_source(rec: Mapping[str, Any]) -> str:
     env = rec["env"]
-    return f"`{rec['_file']}`, commit {str(env.get('git_commit'))[:7]}, {device_of(env)}"
+    dirty = " with uncommitted changes" + (" (the record's `code_note` says which)" if rec.get("code_note") else "") \
+        if env.get("git_dirty") else ""
+    return f"`{rec['_file']}`, commit {str(env.get('git_commit'))[:7]}{dirty}, {device_of(env)}"
 
 
-def probe_block(root: Path, dataset: str, profile: str) -> str:
-    """The newest mnemonics step-probe record of ``dataset``/``profile`` (scripts/probe_mnemonics.py)
-    as its table, with the record's base run, commit and device under it."""
+def probe_block(root: Path, dataset: str, profile: str, phase: int | None = None) -> str:
+    """The newest mnemonics step-probe record of ``dataset``/``profile`` (scripts/probe_mnemonics.py;
+    of probe phase ``phase`` where given) as its table, with the record's base run, commit and
+    device under it."""
     from mnemonics_study import step_probe
 
-    rec = _newest_record(root / "diagnostics" / "mnemonics_probe", dataset, profile)
+    rec = _newest_record(root / "diagnostics" / "mnemonics_probe", dataset, profile,
+                         lambda r: phase is None or r["probe_phase"] == phase)
     if rec is None:
-        return f"n/a (not run): `python scripts/probe_mnemonics.py --dataset {dataset} --profile {profile}`"
-    return (step_probe.probe_table(rec["rows"]) + f"\n\nBase network: LUCIR herding after phase {rec['probe_phase']} "
+        at = "" if phase is None else f" --probe-phase {phase}"
+        return f"n/a (not run): `python scripts/probe_mnemonics.py --dataset {dataset} --profile {profile}{at}`"
+    # rows of records that predate per-row alpha ran at the record's own settings
+    ps = rec["probe_settings"]
+    rows = [{"alpha": ps["inner_lr"], "inner_params": ps.get("inner_params", "all"), **r} for r in rec["rows"]]
+    return (step_probe.probe_table(rows) + f"\n\nBase network: LUCIR herding after phase {rec['probe_phase']} "
             f"({rec['base_config_hash']}); {_record_source(rec)}.")
 
 
@@ -482,8 +536,10 @@ def _diagnostic_block(root: Path, kind: str, script: str, dataset: str, profile:
     if rec is None:
         return f"n/a (not run): `python scripts/{script} --dataset {dataset} --profile {profile}`"
     f = rec["cbf_schedule"]
+    ms = rec.get("mnemonics_settings")
+    step = "" if ms is None else f"mnemonics alpha {ms['inner_lr']:g}, K {ms['inner_steps']}; "
     return (table(rec["rows"]) + f"\n\nBase network: {what} ({rec['base_config_hash']}), "
-            f"{dataset}, {profile}, seed {rec['base_config']['seed']}; CBF {f['epochs']} epochs at lr {f['lr']:g}; "
+            f"{dataset}, {profile}, seed {rec['base_config']['seed']}; {step}CBF {f['epochs']} epochs at lr {f['lr']:g}; "
             f"{_record_source(rec)}.")
 
 
