@@ -157,14 +157,14 @@ def _mnemonics(config, model, memory, ex_x, ex_y, new_x, new_y, chosen, norm, ge
         aug = lambda b: augment(b, generator, pad)  # noqa: E731
     held = heldout_split(new_y, chosen, config.mnemonics.heldout_fraction, cpu_generator)
     real_x, real_y = new_x[~held], new_y[~held]
+    held_x, held_y = new_x[held], new_y[held]  # one copy, scored three times
     if held.any():
-        row["mnemonics_heldout_model"] = bilevel.heldout_loss(model, ex_x, ex_y, new_x[held], new_y[held], settings,
-                                                              inner=False)
-        row["mnemonics_heldout_before"] = bilevel.heldout_loss(model, ex_x, ex_y, new_x[held], new_y[held], settings)
+        row["mnemonics_heldout_model"] = bilevel.heldout_loss(model, ex_x, ex_y, held_x, held_y, settings, inner=False)
+        row["mnemonics_heldout_before"] = bilevel.heldout_loss(model, ex_x, ex_y, held_x, held_y, settings)
     out = bilevel.optimise_exemplars(model, ex_x, ex_y, real_x, real_y, settings, generator=generator,
                                      augment=aug, pixel_range=norm.pixel_range)
     if held.any():
-        row["mnemonics_heldout_after"] = bilevel.heldout_loss(model, out, ex_y, new_x[held], new_y[held], settings)
+        row["mnemonics_heldout_after"] = bilevel.heldout_loss(model, out, ex_y, held_x, held_y, settings)
         row["mnemonics_heldout_n"] = int(held.sum())
     if config.mnemonics.adjust_old and phase > 0 and len(memory):
         old_x, old_y = memory.tensors()

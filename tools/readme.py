@@ -384,21 +384,27 @@ def _variants_with(params: Mapping[str, Any], notebook: str) -> list[Mapping[str
     return [params] + [vp for _, nbs, vp in study.variant_params(params) if notebook in nbs]
 
 
-def _mnemonics_comparisons(params: Mapping[str, Any], root: Any, adjust=lambda cs: list(cs)) -> list[Comparison]:
+def _variant_records(params: Mapping[str, Any], root: Any, notebook: str, adjust=lambda cs: list(cs)
+                     ) -> list[tuple[dict[str, Any], list[RunConfig], list[Any]]]:
+    """(notebook parameters, configs, records in results/) of ``notebook`` for the profile and each
+    variant that renders it; ``adjust`` maps the configs first (e.g. :func:`at_earlier_step`)."""
+    out = []
+    for vp in _variants_with(params, notebook):
+        configs = adjust(study.notebook_configs(notebook, vp))
+        out.append((study.notebook_parameters(notebook, vp), configs,
+                    study.run_configs(configs, root, missing="skip")))
+    return out
+
+
+def _mnemonics_comparisons(table1, ablation) -> list[Comparison]:
     """LUCIR w/ mnemonics against herding at every Table-1 N, and against herding + CBF (and CBF
-    against herding) at the ablation's and control's N; ``adjust`` maps the configs first (e.g.
-    :func:`at_earlier_step`)."""
+    against herding) at the ablation's and control's N; ``table1``/``ablation`` from
+    :func:`_variant_records`."""
     out: list[Comparison] = []
-    for vp in _variants_with(params, "table1"):
-        p = study.notebook_parameters("table1", vp)
-        recs = study.run_configs(adjust(study.notebook_configs("table1", vp)), root, missing="skip")
+    for p, _, recs in table1:
         out += [Comparison(p["dataset"], int(n), "lucir_mnemonics", REFERENCE, recs) for n in as_list(p["phases"])]
-    for vp in _variants_with(params, "ablation_exemplars"):
-        p = study.notebook_parameters("ablation_exemplars", vp)
-        configs = adjust(study.notebook_configs("ablation_exemplars", vp))
-        specs = set(spec_of(c) for c in configs)
-        if {"lucir_mnemonics", CBF_CONTROL} <= specs:
-            recs = study.run_configs(configs, root, missing="skip")
+    for p, configs, recs in ablation:
+        if {"lucir_mnemonics", CBF_CONTROL} <= {spec_of(c) for c in configs}:
             for n in dict.fromkeys(as_list(p["ablation_phases"]) + as_list(p["cbf_control_phases"])):
                 # mnemonics against the control, and the control's own cost (CBF alone)
                 out += [Comparison(p["dataset"], int(n), "lucir_mnemonics", CBF_CONTROL, recs),
@@ -422,25 +428,23 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     from mnemonics_study import diagnostics
 
     blocks: dict[str, str] = {}
-    for vp in _variants_with(params, "table1"):
-        p = study.notebook_parameters("table1", vp)
-        recs = study.run_configs(study.notebook_configs("table1", vp), root, missing="skip")
+    table1 = _variant_records(params, root, "table1")
+    ablation = _variant_records(params, root, "ablation_exemplars")
+    earlier_table1 = _variant_records(params, root, "table1", at_earlier_step)
+    earlier_ablation = _variant_records(params, root, "ablation_exemplars", at_earlier_step)
+    for (p, _, recs), (_, _, earlier) in zip(table1, earlier_table1):
         blocks.update(table1_blocks(recs, p["dataset"], p["profile"], p["phases"], p["seeds"]))
         blocks[f"headline-{p['dataset']}-{p['profile']}"] = headline_table(recs, p["dataset"], p["phases"],
                                                                           as_list(p["seeds"]))
         blocks[f"mnemonics-acts-{p['dataset']}-{p['profile']}"] = acts_table(recs, p["dataset"])
-        earlier = study.run_configs(at_earlier_step(study.notebook_configs("table1", vp)), root, missing="skip")
         blocks[f"mnemonics-acts-earlier-step-{p['dataset']}-{p['profile']}"] = acts_table(earlier, p["dataset"])
-    for vp in _variants_with(params, "ablation_exemplars"):
-        p = study.notebook_parameters("ablation_exemplars", vp)
-        configs = study.notebook_configs("ablation_exemplars", vp)
-        recs = study.run_configs(configs, root, missing="skip")
+    for p, configs, recs in ablation:
         specs = list(dict.fromkeys(spec_of(c) for c in configs))
         blocks.update(ablation_blocks(recs, p["dataset"], p["profile"], p["ablation_phases"], specs, p["seeds"]))
-    comparisons = _mnemonics_comparisons(params, root)
-    blocks[f"mnemonics-vs-herding-{params['profile']}"] = comparison_table(_ordered(comparisons), params["seeds"])
+    blocks[f"mnemonics-vs-herding-{params['profile']}"] = comparison_table(
+        _ordered(_mnemonics_comparisons(table1, ablation)), params["seeds"])
     blocks[f"mnemonics-vs-herding-earlier-step-{params['profile']}"] = comparison_table(
-        _ordered(_mnemonics_comparisons(params, root, at_earlier_step)), params["seeds"])
+        _ordered(_mnemonics_comparisons(earlier_table1, earlier_ablation)), params["seeds"])
 
     configs = study.notebook_configs("sweep_mnemonics", params)
     recs = study.run_configs(configs, root, missing="skip", study=study.STUDY_SWEEPS)
