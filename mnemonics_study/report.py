@@ -19,6 +19,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from mnemonics_lib.config import RunConfig
+
 from . import paper_numbers
 from .study import SEEDS, as_list, notebook_dir, spec_of
 
@@ -194,7 +196,8 @@ def output_name(artifact: str, records: Sequence[Any], *, dataset: str, profile:
                 missing: Sequence[Any] | None = None) -> str:
     """The file stem of an artifact, from the runs it asked for (found or not):
     ``<artifact>_<dataset>_<profile>_N<n>[-<n>...]``, plus ``_seeds<s>[-<s>...]`` when the seeds are
-    not the study's three. E.g. ``table1_caltech100_quick_N5-10-25`` (``make figures``) and
+    not the study's three and ``_m<k>`` when the runs keep k exemplars per class instead of the
+    paper's 20. E.g. ``table1_caltech100_quick_N5-10-25`` (``make figures``) and
     ``table1_caltech100_quick_N10`` (``-p phases 10``) are two files."""
     configs = [r.config for r in records] + [_config_dict(c) for c in missing_of(records, missing)]
     name = f"{artifact}_{dataset}_{profile}"
@@ -204,6 +207,9 @@ def output_name(artifact: str, records: Sequence[Any], *, dataset: str, profile:
     seeds = sorted({int(c["seed"]) for c in configs})
     if seeds and seeds != sorted(SEEDS):
         name += "_seeds" + "-".join(map(str, seeds))
+    memory = sorted({int(c["memory_per_class"]) for c in configs if c.get("memory_mode", "per_class") == "per_class"})
+    if memory and memory != [RunConfig.memory_per_class]:
+        name += "_m" + "-".join(map(str, memory))
     return name
 
 

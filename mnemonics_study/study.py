@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import paper_numbers, snapshots
-from mnemonics_lib.config import EXEMPLARS, METHODS, ConfigError, MnemonicsSettings, RunConfig, make_config
+from mnemonics_lib.config import EXEMPLARS, METHODS, ConfigError, RunConfig, make_config
 
 log = logging.getLogger(__name__)
 
@@ -249,25 +249,18 @@ def __getattr__(name: str) -> Any:
 
 
 def common_fields(p: Mapping[str, Any]) -> dict[str, Any]:
-    """Config fields every run of a notebook shares: the memory size, the training-set cap
-    (``train_per_class``, when set) and, once the sweep has
-    chosen them (``results/sweeps/mnemonics/choice.json`` under ``p["results_dir"]``), the
-    mnemonics settings. The notebooks and the CLI build their configs with it, so both ask for
-    the same runs."""
+    """Config fields every run of a notebook shares: the memory size and the training-set cap
+    (``train_per_class``, when set). The notebooks and the CLI build their configs with it, so both
+    ask for the same runs. The mnemonics settings are the library's defaults (the step probe's
+    choice, on held-out training images); the sensitivity sweep reports around them and does not
+    feed back into the runs, which would tune them on test accuracy."""
     common: dict[str, Any] = {"memory_per_class": int(p["memory_per_class"])}
     if p.get("train_per_class") is not None:
         common["train_per_class"] = int(p["train_per_class"])
-    chosen = mnemonics_choice(results_root(p))
-    if chosen:
-        common["mnemonics"] = chosen
     return common
 
 
-# ------------------------------------------------------------------ the sweep's choice
-CHOICE_FILE = "choice.json"
-CHOICE_KEYS = ("inner_lr", "outer_lr", "inner_steps")
-
-
+# ------------------------------------------------------------------ notebook paths
 def notebook_dir(value: str | os.PathLike) -> Path:
     """A notebook's ``results_dir`` / ``figures_dir``: a relative path is relative to notebooks/,
     whatever the kernel's working directory (``papermill notebooks/x.ipynb out.ipynb`` run from the
@@ -276,47 +269,6 @@ def notebook_dir(value: str | os.PathLike) -> Path:
 
     path = Path(value)
     return path if path.is_absolute() else (PROJECT_ROOT / "notebooks" / path).resolve()
-
-
-def results_root(p: Mapping[str, Any]) -> Path:
-    """A params ``results_dir`` resolved as :func:`notebook_dir` does."""
-    return notebook_dir(str(p.get("results_dir", "../results")))
-
-
-def mnemonics_choice(root: str | os.PathLike) -> dict[str, Any]:
-    """The meta-hyperparameters chosen by the sensitivity sweep (``results/sweeps/mnemonics/
-    choice.json``), used by every mnemonics run of the study; {} before the sweep has run."""
-    import json
-
-    path = Path(root) / STUDY_SWEEPS / CHOICE_FILE
-    if not path.exists():
-        return {}
-    choice = json.loads(path.read_text())
-    if choice.get("step", "plain") != MnemonicsSettings().step:
-        # chosen for another outer step (the unscaled one): its beta means something else here
-        return {}
-    return {k: choice["chosen"][k] for k in CHOICE_KEYS if k in choice["chosen"]}
-
-
-def choose_mnemonics(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Pick the sweep configuration with the best average incremental accuracy (CNN) and store
-    the choice with the whole sweep table beside the runs. Needs every sweep run cached."""
-    from . import results
-
-    p = notebook_parameters("sweep_mnemonics", params)
-    root = results_root(p)
-    rows = []
-    for c in notebook_configs("sweep_mnemonics", {**params, "results_dir": p["results_dir"]}):
-        rec = results.require_cached(c, root, study=STUDY_SWEEPS)
-        rows.append({**{k: getattr(c.mnemonics, k) for k in CHOICE_KEYS},
-                     "aia_cnn": rec.metrics["aia_cnn"], "forgetting_cnn": rec.metrics["forgetting_cnn"],
-                     "config_hash": c.config_hash()})
-    best = max(rows, key=lambda r: r["aia_cnn"])
-    choice = {"chosen": {k: best[k] for k in CHOICE_KEYS}, "criterion": "max aia_cnn",
-              "dataset": p["dataset"], "profile": p["profile"], "phases": p["sweep_phases"],
-              "seed": p["sweep_seed"], "last_phase": p["sweep_last_phase"], "sweep": rows}
-    results.write_json_atomic(root / STUDY_SWEEPS / CHOICE_FILE, choice)
-    return choice
 
 
 def notebook_configs(notebook: str, params: Mapping[str, Any]) -> list[RunConfig]:
@@ -355,7 +307,9 @@ class Task:
 
     def describe(self) -> str:
         c = self.config
-        return (f"{self.study}/{c.dataset}-{spec_of(c)}-N{c.phases}-s{c.seed}-{c.profile} "
+        memory = f"-m{c.memory_per_class}" if (c.memory_mode == "per_class"
+                                              and c.memory_per_class != RunConfig.memory_per_class) else ""
+        return (f"{self.study}/{c.dataset}-{spec_of(c)}-N{c.phases}-s{c.seed}{memory}-{c.profile} "
                 f"[{c.config_hash()}] ({', '.join(self.artifacts)})")
 
     def compute(self, root: str | os.PathLike, device: str | None = "auto"):

@@ -23,7 +23,6 @@ quick.yaml and paper.yaml: render what ``results/`` holds, list what is missing,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -101,13 +100,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     settings = dispatch_settings(args)  # bad executor flags fail before anything is enumerated
     params = load_params(args.profile, args.set)
     if args.results_dir:
-        default_root = notebook_path(params.get("results_dir", "../results"))
         params["results_dir"] = str(Path(args.results_dir).resolve())
-        if study.mnemonics_choice(default_root) and not study.mnemonics_choice(params["results_dir"]):
-            # the mnemonics runs' configs (and hashes) follow the sweep's choice: without it there,
-            # they would silently become other runs
-            raise SystemExit(f"--results-dir {args.results_dir} lacks the mnemonics sweep's choice that "
-                             f"{default_root} holds: copy {default_root}/. into it first")
     tasks = _selected(params, args)
     root = notebook_path(params.get("results_dir", "../results"))
     print(f"{len(tasks)} tasks for profile {args.profile} in {root}")
@@ -125,19 +118,6 @@ def cmd_results(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     limit = args.time_limit
-    sweep = [t for t in tasks if t.study == study.STUDY_SWEEPS]
-    if sweep and not study.mnemonics_choice(root):
-        # The sweep chooses the mnemonics meta-hyperparameters every other mnemonics run uses:
-        # run it first, store the choice, then enumerate the remaining runs with it.
-        print(f"sweep first: {len(sweep)} runs choose the mnemonics defaults")
-        outs = study.run_tasks(sweep, root, device=args.device, time_limit=limit, progress=print,
-                               settings=dataclasses.replace(settings, wait=True), bar=True)
-        if all(o.status in study.SUCCEEDED for o in outs):
-            choice = study.choose_mnemonics(params)
-            print(f"chosen mnemonics settings: {choice['chosen']}")
-            tasks = _selected(params, args)  # the mnemonics runs now use the choice
-        if limit is not None:
-            limit = max(0.0, limit - (time.perf_counter() - t0))
     outs = study.run_tasks(tasks, root, device=args.device, time_limit=limit, progress=print,
                            settings=settings, bar=True)
     counts = Counter(o.status for o in outs)

@@ -20,7 +20,7 @@ NB_DIR = ROOT / "notebooks"
 # execution order: later notebooks reuse the runs of earlier ones
 ORDER = ["table1", "figure4_curves", "forgetting", "ablation_exemplars", "sweep_mnemonics",
          "figure1_tsne", "exemplar_images"]
-S = "synthetic_smoke_N2_seeds1993"  # dataset, profile, N and seed of params/smoke.yaml: outputs are named by them
+S = "synthetic_smoke_N2_seeds1993_m5"  # dataset, profile, N, seed and memory of params/smoke.yaml: outputs are named by them
 EXPECTED = {  # files each notebook must write at smoke size
     "table1": [f"table1_{S}.md", f"table1_{S}.csv", f"table1_{S}.provenance.json"],
     "figure4_curves": [f"figure4_curves_{S}.png", f"figure4_curves_{S}.pdf", f"figure4_curves_{S}.provenance.json"],
@@ -225,7 +225,7 @@ def test_scalar_parameters_work(executed):
     params = {**executed["params"], "phases": 2, "seeds": 1993, "methods": "lucir", "figures_dir": str(figs)}
     pm.execute_notebook(str(NB_DIR / "table1.ipynb"), str(executed["dir"] / "scalar.ipynb"), parameters=params,
                         kernel_name="python3", cwd=str(NB_DIR), progress_bar=False)
-    side = json.loads((figs / "table1_synthetic_smoke_N2_seeds1993.provenance.json").read_text())
+    side = json.loads((figs / "table1_synthetic_smoke_N2_seeds1993_m5.provenance.json").read_text())
     c = study.make_run("lucir", dataset="synthetic", phases=2, seed=1993, profile="smoke", memory_per_class=5)
     assert side["config_hashes"] == [c.config_hash()]
 
@@ -271,10 +271,10 @@ def test_nbval_revalidates_every_executed_notebook(executed):
 
 
 @pytest.mark.parametrize("name", ["table1", "ablation_exemplars", "forgetting", "figure4_curves", "figure1_tsne"])
-def test_notebook_configs_use_the_sweep_choice_like_the_cli(name, tmp_path):
-    """The configs a notebook builds (its own code) are the ones the CLI computes, including the
-    mnemonics settings the sweep chose: otherwise `make figures` asks for runs nobody computes."""
-    # a choice made for the outer step the runs use (one made for another step is ignored)
+def test_notebook_configs_are_the_clis_whatever_the_results_folder_holds(name, tmp_path):
+    """The configs a notebook builds (its own code) are the ones the CLI computes, at the library's
+    mnemonics settings even beside a sweep choice file (the sweep reports, it does not choose):
+    otherwise `make figures` asks for runs nobody computes."""
     choice = {"chosen": {"inner_lr": 0.01, "outer_lr": 100.0, "inner_steps": 1},
               "step": MnemonicsSettings().step}
     (tmp_path / "sweeps" / "mnemonics").mkdir(parents=True)
@@ -288,4 +288,6 @@ def test_notebook_configs_use_the_sweep_choice_like_the_cli(name, tmp_path):
     ours = [c.config_hash() for c in namespace["configs"]]
     assert ours == [c.config_hash() for c in study.notebook_configs(name, params)]
     mn = [c for c in namespace["configs"] if c.exemplars == "mnemonics"]
-    assert mn and all((c.mnemonics.inner_lr, c.mnemonics.outer_lr) == (0.01, 100.0) for c in mn)
+    default = MnemonicsSettings()
+    assert mn and all((c.mnemonics.inner_lr, c.mnemonics.outer_lr, c.mnemonics.inner_steps)
+                      == (default.inner_lr, default.outer_lr, default.inner_steps) for c in mn)

@@ -282,3 +282,34 @@ def test_cbf_probe_block_renders_the_newest_record(tmp_path):
     assert lines[2] == "| 1 | `lucir_loss` | 29.00 / 17.00 / 58.12 | 48.0 / 16.7 |"
     assert lines[-1] == ("Base network: LUCIR herding (abc), caltech100, quick, seed 1993; CBF 20 epochs at lr 0.01; "
                          "`caltech100-quick-s1993-b.json`, commit 0123456, CPU compiled.")
+
+
+def test_comparisons_add_the_no_adjust_old_rows_once_and_label_the_low_data_control():
+    """Table 1 and the ablation both hold mnemonics vs herding: one row. Mnemonics without the
+    old-exemplar adjustment is set against herding + CBF and full mnemonics where it ran; a variant
+    with 5 exemplars per class gets rows of its own, named so."""
+    aia = {"lucir": 40.0, "lucir_mnemonics": 37.0, "lucir+balanced_finetune": 42.0,
+           "lucir_mnemonics+no_adjust_old": 41.0}
+    recs = [fake(spec, s, v + (s - 1993) * 0.5 * (spec == "lucir_mnemonics+no_adjust_old"))
+            for spec, v in aia.items() for s in (1993, 1994, 1995)]
+    configs = [make_config(**parse_spec(spec), dataset="caltech100", phases=5) for spec in aia]
+    p = {"dataset": "caltech100", "memory_per_class": 20, "phases": [5], "ablation_phases": [5],
+         "cbf_control_phases": []}
+    low = {**p, "memory_per_class": 5}
+    comps = readme._ordered(readme._mnemonics_comparisons(
+        [(p, configs, recs)], [(p, configs, recs), (low, configs[:3], recs)]))
+    assert [(c.dataset, c.spec, c.reference) for c in comps] == [
+        ("caltech100", "lucir_mnemonics", "lucir"),
+        ("caltech100", "lucir_mnemonics", "lucir+balanced_finetune"),
+        ("caltech100", "lucir+balanced_finetune", "lucir"),
+        ("caltech100", "lucir_mnemonics+no_adjust_old", "lucir+balanced_finetune"),
+        ("caltech100", "lucir_mnemonics+no_adjust_old", "lucir_mnemonics"),
+        ("caltech100, 5 exemplars per class", "lucir_mnemonics", "lucir"),
+        ("caltech100, 5 exemplars per class", "lucir_mnemonics", "lucir+balanced_finetune"),
+        ("caltech100, 5 exemplars per class", "lucir+balanced_finetune", "lucir")]
+    rows = readme.comparison_table(comps).splitlines()
+    # deltas -1.0 / -0.5 / 0.0: mean -0.5, sd 0.5, half-width 4.303 * 0.5 / sqrt(3) = 1.242
+    assert rows[5] == ("| caltech100 | 5 | lucir_mnemonics+no_adjust_old vs lucir+balanced_finetune | "
+                       "-1.00 / -0.50 / +0.00 | -0.50 ± 0.50 | [-1.74, +0.74] | not resolved (3 seeds) |")
+    assert readme.dataset_label(p) == ("caltech100", "caltech100")
+    assert readme.dataset_label(low) == ("caltech100-m5", "caltech100, 5 exemplars per class")

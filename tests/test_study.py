@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from mnemonics_lib.config import ConfigError
+from mnemonics_lib.config import ConfigError, MnemonicsSettings
 from mnemonics_study import paper_numbers, report, results, snapshots, study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,18 +131,25 @@ def _group(t: study.Task) -> int:
 
 def test_all_configs_quick_counts_and_priority_order():
     tasks = study.all_configs(params("quick"))
-    # cifar10 ablation: herding + CBF and mnemonics without the old-exemplar adjustment, 3 seeds each
-    assert len(tasks) == len({t.key for t in tasks}) == 132
+    # cifar10 ablation: herding + CBF and mnemonics without the old-exemplar adjustment, 3 seeds each;
+    # the low-data control (cifar10_m5): herding, mnemonics, herding + CBF at 5 exemplars per class
+    assert len(tasks) == len({t.key for t in tasks}) == 141
     by = Counter(t.artifacts[0] for t in tasks)
-    # the quick sweep: alpha {0.01, 0.1} x beta1 {1, 10, 100} at K = 1, each run cut after phase 1
+    # the quick sweep: alpha {0.001, 0.01} x beta1 {1, 10, 100} at K = 2, each run cut after phase 1
     assert by == {"table1": 45, "ablation_exemplars": 48, "sweep_mnemonics": 6, "table1[cifar10]": 15,
                   "table1[caltech101_jpeg]": 2, "ablation_exemplars[cifar10]": 6,
+                  "ablation_exemplars[cifar10_m5]": 9,
                   "ablation_exemplars[caltech101_jpeg]": 1, "figure1_tsne": 3, "forgetting": 6}
     groups = [_group(t) for t in tasks]
     assert groups == sorted(groups), "tasks are not in priority order"
     assert set(groups) == set(range(7))
     sweep = [t.config for t in tasks if t.artifacts[0] == "sweep_mnemonics"]
-    assert {(c.last_phase, c.mnemonics.inner_steps) for c in sweep} == {(1, 1)}
+    assert {(c.last_phase, c.mnemonics.inner_steps) for c in sweep} == {(1, 2)}
+    # the sweep reports around the library's setting: its grid holds the default alpha and beta1
+    assert (MnemonicsSettings().inner_lr, MnemonicsSettings().outer_lr) in {
+        (c.mnemonics.inner_lr, c.mnemonics.outer_lr) for c in sweep}
+    low = [t.config for t in tasks if t.artifacts[0] == "ablation_exemplars[cifar10_m5]"]
+    assert {(c.dataset, c.memory_per_class, c.train_per_class) for c in low} == {("cifar10", 5, 500)}
     cifar = [t.config for t in tasks if t.artifacts[0] == "table1[cifar10]"]
     assert {(c.dataset, c.phases) for c in cifar} == {("cifar10", 5)}
     # every notebook's configs are all enumerated (the CLI computes exactly what notebooks read)
@@ -513,33 +520,20 @@ def test_exemplar_stage_in_training_epochs():
     assert math.isnan(report.exemplar_stage_epochs({}, rows))
 
 
-def test_results_dir_without_the_sweeps_choice_is_refused(tmp_path):
-    """Pointing `study.py results --results-dir` at a folder without the mnemonics sweep's choice
-    would silently turn every mnemonics run into another config: refused, naming the fix."""
-    import subprocess
-    import sys
-
-    from mnemonics_lib.config import MnemonicsSettings
-
-    root = Path(__file__).resolve().parent.parent
-    choice = json.dumps({"chosen": {"inner_lr": 0.01, "outer_lr": 100.0, "inner_steps": 1},
-                         "step": MnemonicsSettings().step})
-    for name in ("default", "seeded"):
-        (tmp_path / name / "sweeps" / "mnemonics").mkdir(parents=True)
-        (tmp_path / name / "sweeps" / "mnemonics" / "choice.json").write_text(choice)
-    cmd = [sys.executable, str(root / "scripts" / "study.py"), "results", "--profile", "quick", "--dry-run",
-           "--match", "lucir_mnemonics-N5-s1993", "--set", f"results_dir={tmp_path / 'default'}"]
-    out = subprocess.run(cmd + ["--results-dir", str(tmp_path / "empty")], capture_output=True, text=True,
-                         cwd=root)
-    assert out.returncode != 0 and "lacks the mnemonics sweep's choice" in out.stderr
-    listed = re.compile(r"missing  runs/caltech100-lucir_mnemonics-N5-s1993-quick \[(\w+)\]")
-    seeded = subprocess.run(cmd + ["--results-dir", str(tmp_path / "seeded")], capture_output=True,
-                            text=True, cwd=root)
-    assert seeded.returncode == 0, seeded.stderr
-    default = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
-    assert default.returncode == 0, default.stderr
-    hashes = listed.findall(seeded.stdout)
-    assert hashes and hashes == listed.findall(default.stdout)  # the same configs, the same hashes
+def test_a_sweep_choice_file_in_results_changes_no_run(tmp_path):
+    """The mnemonics settings are the library's (chosen on held-out training images), whatever a
+    results folder holds: the earlier sweep's choice.json, picked on test accuracy, once rewrote every
+    mnemonics run's settings. The same configs with and without one, at the library defaults."""
+    choice = {"chosen": {"inner_lr": 0.01, "outer_lr": 100.0, "inner_steps": 1}, "step": MnemonicsSettings().step}
+    (tmp_path / "with" / "sweeps" / "mnemonics").mkdir(parents=True)
+    (tmp_path / "with" / "sweeps" / "mnemonics" / "choice.json").write_text(json.dumps(choice))
+    hashes = {}
+    for name in ("with", "without"):
+        configs = study.notebook_configs("table1", {**params("quick"), "results_dir": str(tmp_path / name)})
+        mn = [c for c in configs if c.exemplars == "mnemonics"]
+        assert mn and all(c.mnemonics == MnemonicsSettings() for c in mn)
+        hashes[name] = [c.config_hash() for c in configs]
+    assert hashes["with"] == hashes["without"]
 
 
 def test_an_interrupted_snapshot_run_resumes_with_the_phases_it_had_recorded(tmp_path, monkeypatch):

@@ -43,6 +43,16 @@ def test_outputs_are_named_by_their_phases_and_seeds():
     missing = [study.make_run("lwf", dataset="caltech100", phases=25, seed=1993, profile="quick")]
     assert report.output_name("table1", one_seed, dataset="caltech100", profile="quick",
                               missing=missing) == "table1_caltech100_quick_N10-25_seeds1993"
+    # the low-data control keeps 5 exemplars per class: its files must not overwrite the paper's 20
+    m5 = [SimpleNamespace(config={**(c := study.make_run("lucir", dataset="cifar10", phases=5, seed=s,
+                                                          profile="quick", memory_per_class=5)).to_dict(),
+                                  "config_hash": c.config_hash()}) for s in study.SEEDS]
+    assert report.output_name("ablation_exemplars", m5, dataset="cifar10", profile="quick") == \
+        "ablation_exemplars_cifar10_quick_N5_m5"
+    low = study.make_run("lucir", dataset="cifar10", phases=5, seed=1993, profile="quick", memory_per_class=5)
+    assert study.Task(low).describe().startswith("runs/cifar10-lucir-N5-s1993-m5-quick [")
+    assert study.Task(study.make_run("lucir", dataset="cifar10", phases=5, seed=1993,
+                                     profile="quick")).describe().startswith("runs/cifar10-lucir-N5-s1993-quick [")
 
 
 @pytest.fixture

@@ -396,27 +396,51 @@ def _variant_records(params: Mapping[str, Any], root: Any, notebook: str, adjust
     return out
 
 
+NO_ADJUST_OLD = "lucir_mnemonics+no_adjust_old"  # mnemonics with the old-class exemplars left as they were
+# the order of the comparisons within one dataset and N
+COMPARED = [("lucir_mnemonics", REFERENCE), ("lucir_mnemonics", CBF_CONTROL), (CBF_CONTROL, REFERENCE),
+            (NO_ADJUST_OLD, CBF_CONTROL), (NO_ADJUST_OLD, "lucir_mnemonics")]
+
+
+def dataset_label(p: Mapping[str, Any]) -> tuple[str, str]:
+    """(block-name part, table text) of the runs of notebook parameters ``p``: the dataset, with the
+    exemplars per class where they are not the paper's 20 (the low-data control), so that two
+    variants of one dataset never share a block or a table row."""
+    ds, memory = p["dataset"], int(p["memory_per_class"])
+    if memory == RunConfig.memory_per_class:
+        return ds, ds
+    return f"{ds}-m{memory}", f"{ds}, {memory} exemplars per class"
+
+
 def _mnemonics_comparisons(table1, ablation) -> list[Comparison]:
     """LUCIR w/ mnemonics against herding at every Table-1 N, and against herding + CBF (and CBF
-    against herding) at the ablation's and control's N; ``table1``/``ablation`` from
-    :func:`_variant_records`."""
+    against herding) at the ablation's and control's N; where the ablation has mnemonics without
+    the old-exemplar adjustment, that run against herding + CBF and against full mnemonics.
+    ``table1``/``ablation`` from :func:`_variant_records`."""
     out: list[Comparison] = []
     for p, _, recs in table1:
-        out += [Comparison(p["dataset"], int(n), "lucir_mnemonics", REFERENCE, recs) for n in as_list(p["phases"])]
+        out += [Comparison(dataset_label(p)[1], int(n), "lucir_mnemonics", REFERENCE, recs)
+                for n in as_list(p["phases"])]
     for p, configs, recs in ablation:
-        if {"lucir_mnemonics", CBF_CONTROL} <= {spec_of(c) for c in configs}:
+        specs = {spec_of(c) for c in configs}
+        if {"lucir_mnemonics", CBF_CONTROL} <= specs:
+            label = dataset_label(p)[1]
             for n in dict.fromkeys(as_list(p["ablation_phases"]) + as_list(p["cbf_control_phases"])):
-                # mnemonics against the control, and the control's own cost (CBF alone)
-                out += [Comparison(p["dataset"], int(n), "lucir_mnemonics", CBF_CONTROL, recs),
-                        Comparison(p["dataset"], int(n), CBF_CONTROL, REFERENCE, recs)]
-    return out
+                # mnemonics against herding (for a variant without Table 1), against the control,
+                # and the control's own cost (CBF alone)
+                out += [Comparison(label, int(n), spec, ref, recs) for spec, ref in COMPARED[:3]]
+            if NO_ADJUST_OLD in specs:  # at the ablation's N, where that run exists
+                out += [Comparison(label, int(n), spec, ref, recs)
+                        for n in as_list(p["ablation_phases"]) for spec, ref in COMPARED[3:]]
+    # one row per dataset, N and pair: Table 1's mnemonics-vs-herding row is the ablation's too
+    return list({(c.dataset, c.phases, c.spec, c.reference): c for c in reversed(out)}.values())[::-1]
 
 
 def _ordered(comparisons: list[Comparison]) -> list[Comparison]:
-    """By dataset (first seen), N, then mnemonics vs herding, vs herding + CBF, CBF vs herding."""
+    """By dataset (first seen), N, then in the order of :data:`COMPARED`."""
     datasets = list(dict.fromkeys(c.dataset for c in comparisons))
-    order = [("lucir_mnemonics", REFERENCE), ("lucir_mnemonics", CBF_CONTROL), (CBF_CONTROL, REFERENCE)]
-    return sorted(comparisons, key=lambda c: (datasets.index(c.dataset), c.phases, order.index((c.spec, c.reference))))
+    return sorted(comparisons, key=lambda c: (datasets.index(c.dataset), c.phases,
+                                              COMPARED.index((c.spec, c.reference))))
 
 
 def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
@@ -438,9 +462,13 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
                                                                           as_list(p["seeds"]))
         blocks[f"mnemonics-acts-{p['dataset']}-{p['profile']}"] = acts_table(recs, p["dataset"])
         blocks[f"mnemonics-acts-earlier-step-{p['dataset']}-{p['profile']}"] = acts_table(earlier, p["dataset"])
+    with_table1 = {dataset_label(p) for p, _, _ in table1}
     for p, configs, recs in ablation:
         specs = list(dict.fromkeys(spec_of(c) for c in configs))
-        blocks.update(ablation_blocks(recs, p["dataset"], p["profile"], p["ablation_phases"], specs, p["seeds"]))
+        slug, label = dataset_label(p)
+        blocks.update(ablation_blocks(recs, slug, p["profile"], p["ablation_phases"], specs, p["seeds"]))
+        if (slug, label) not in with_table1:  # a variant without Table 1 (the low-data control)
+            blocks[f"mnemonics-acts-{slug}-{p['profile']}"] = acts_table(recs, label)
     blocks[f"mnemonics-vs-herding-{params['profile']}"] = comparison_table(
         _ordered(_mnemonics_comparisons(table1, ablation)), params["seeds"])
     blocks[f"mnemonics-vs-herding-earlier-step-{params['profile']}"] = comparison_table(
