@@ -324,7 +324,27 @@ def main(argv: list[str] | None = None) -> int:
                             "e.g. --set dataset=cifar100 --set 'seeds=[1993]'")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    from mnemonics_lib.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        # an impossible protocol from the params file and --set (e.g. a dataset whose classes the
+        # profile's N do not divide): one line naming the problem and the parameters to override
+        raise SystemExit(f"study.py {args.command}: {e}{_phases_hint(args)}") from None
+
+
+PHASE_KEYS = ("phases", "ablation_phases", "cbf_control_phases", "sweep_phases", "snapshot_phases")
+
+
+def _phases_hint(args: argparse.Namespace) -> str:
+    """Where --set changed the dataset, the profile's every N, which come along unchanged."""
+    if not any(a.split("=", 1)[0].strip() == "dataset" for a in args.set or []):
+        return ""
+    params = load_params(args.profile, args.set)
+    ns = ", ".join(f"{k}={params[k]}" for k in PHASE_KEYS if k in params)
+    return f" (the profile's N come along with --set dataset: {ns}; override those that do not fit, e.g. " \
+           f"--set 'phases=[5]' --set 'cbf_control_phases=[]')"
 
 
 if __name__ == "__main__":

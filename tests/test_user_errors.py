@@ -135,3 +135,17 @@ def test_a_bad_value_from_the_command_line_ends_in_one_line_naming_the_fix(tmp_p
     assert len(cell_part) == 2, cell_part  # the cell number, then the one line
     assert cell_part[1].startswith("ParameterError: phases='abc': expected an integer or a list of integers")
     assert '-y "phases: [5, 10]"' in cell_part[1] and "int()" not in out.stderr
+
+
+def test_an_impossible_protocol_from_set_ends_in_one_line_naming_the_flag():
+    """`--set dataset=cifar10` keeps the profile's N = 5, 10, 25, which CIFAR-10's 5 incremental
+    classes cannot take: one line, no traceback, naming the parameters to override."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "results", "--profile", "quick",
+                          "--dry-run", "--set", "dataset=cifar10"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "cannot be split into 10 equal phases" in out.stderr and "cbf_control_phases=[10, 25]" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    fixed = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "results", "--profile", "quick",
+                            "--dry-run", "--set", "dataset=cifar10", "--set", "phases=[5]",
+                            "--set", "cbf_control_phases=[]"], capture_output=True, text=True, cwd=ROOT)
+    assert fixed.returncode == 0, fixed.stderr
