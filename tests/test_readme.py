@@ -222,7 +222,7 @@ def test_acts_table_counts_phases_and_applies_the_criterion():
     lines = readme.acts_table([b, herding, old, a], "caltech100").splitlines()
     h = {r.config["seed"]: r.config["config_hash"] for r in (a, b, old)}
     assert lines[2:5] == [
-        f"| 5 | 1993 | 1 of 2 | 1 of 2 | 2.000 (min 1.000, max 3.000) | 0.500 | {h[1993]} | CPU |",
+        f"| 5 | 1993 | 1 of 2 (not at phase 1) | 1 of 2 | 2.000 (min 1.000, max 3.000) | 0.500 | {h[1993]} | CPU |",
         f"| 5 | 1994 | 2 of 2 | not measured | 0.375 (min 0.250, max 0.500) | 0.250 | {h[1994]} | CPU |",
         f"| 5 | 1995 | not measured (run predates the held-out split) |  |  |  | {h[1995]} | CPU |"]
     assert lines[-1] == ("Over 4 phases: held-out loss fell in 75 % (criterion >= 90 %), new exemplars moved "

@@ -346,13 +346,17 @@ def acts_table(records: Iterable[Any], dataset: str) -> str:
     for r in runs:
         rows = [p for p in r.metrics["per_phase"] if "mnemonics_heldout_after" in p]
         down = sum(p["mnemonics_heldout_after"] < p["mnemonics_heldout_before"] for p in rows)
+        # the phases where it did not fall, by their index in the run (phase 0 is the base classes)
+        rose = [str(p.get("phase", i)) for i, p in enumerate(rows)
+                if not p["mnemonics_heldout_after"] < p["mnemonics_heldout_before"]]
         own = [p for p in rows if "mnemonics_heldout_model" in p]
         teach = (f"{sum(p['mnemonics_heldout_after'] <= p['mnemonics_heldout_model'] for p in own)} of {len(own)}"
                  if own else "not measured")
         new = [p["mnemonics_pixel_delta"] for p in rows]
         old = [p["exemplar_change"]["old"]["mean"] for p in rows if "old" in p.get("exemplar_change", {})]
         fell, total, moved = fell + down, total + len(rows), moved + new
-        lines.append(f"| {r.config['phases']} | {r.config['seed']} | {down} of {len(rows)} | {teach} | "
+        not_at = f" (not at phase {', '.join(rose)})" if rose else ""
+        lines.append(f"| {r.config['phases']} | {r.config['seed']} | {down} of {len(rows)}{not_at} | {teach} | "
                      f"{statistics.fmean(new):.3f} (min {min(new):.3f}, max {max(new):.3f}) | "
                      f"{f'{statistics.fmean(old):.3f}' if old else 'not adjusted'} | {r.config['config_hash']} | "
                      f"{device_of(r.env)} |"
