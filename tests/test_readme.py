@@ -313,3 +313,29 @@ def test_comparisons_add_the_no_adjust_old_rows_once_and_label_the_low_data_cont
                        "-1.00 / -0.50 / +0.00 | -0.50 ± 0.50 | [-1.74, +0.74] | not resolved (3 seeds) |")
     assert readme.dataset_label(p) == ("caltech100", "caltech100")
     assert readme.dataset_label(low) == ("caltech100-m5", "caltech100, 5 exemplars per class")
+
+
+def test_probe_block_joins_the_settings_of_every_record_on_the_same_network(tmp_path):
+    """A later probe of the same network and phase (e.g. K at the chosen alpha) adds its rows; a
+    setting probed twice shows the newer result; a probe of another network does not mix in."""
+    import json
+
+    folder = tmp_path / "diagnostics" / "mnemonics_probe"
+    folder.mkdir(parents=True)
+
+    def row(k, after):
+        return {"program": "new", "beta": 10.0, "K": k, "alpha": 0.001, "heldout_before": 0.7, "heldout_after": after,
+                "heldout_model": 0.72, "pixel_delta": 5.0, "pixel_max": 90.0}
+
+    env = {"git_commit": "0123456789", "device": "cpu", "cpu_compile": True}
+    for name, base, written, rows in (("a", "abc", "2026-12-01T00:00:00+00:00", [row(2, 0.69), row(1, 0.71)]),
+                                      ("b", "abc", "2026-12-03T00:00:00+00:00", [row(2, 0.68), row(5, 0.65)]),
+                                      ("c", "xyz", "2026-12-02T00:00:00+00:00", [row(3, 0.1)])):
+        rec = {"rows": rows, "probe_phase": 0, "base_config_hash": base, "written_utc": written,
+               "probe_settings": {"inner_lr": 0.001}, "env": env}
+        (folder / f"cifar10-quick-s1993-{name}.json").write_text(json.dumps(rec))
+    lines = readme.probe_block(tmp_path, "cifar10", "quick", 0).splitlines()
+    assert [ln.split(" | ")[2] for ln in lines[2:5]] == ["2", "1", "5"]  # K, first seen first
+    assert lines[2].split(" | ")[7] == "0.6800"  # the newer of the two K = 2 results
+    assert len(lines) == 7 and "xyz" not in lines[-1]
+    assert "`cifar10-quick-s1993-a.json`" in lines[-1] and "`cifar10-quick-s1993-b.json`" in lines[-1]

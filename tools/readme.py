@@ -528,16 +528,21 @@ def runtime_table(params: Mapping[str, Any], root: Any) -> str:
     return "\n".join(lines)
 
 
-def _newest_record(folder: Path, dataset: str, profile: str,
-                   where: Callable[[Mapping[str, Any]], bool] = lambda r: True) -> dict[str, Any] | None:
-    """The newest JSON record ``<dataset>-<profile>-*.json`` in ``folder`` (by the time it was
-    written, then by file name) that ``where`` accepts, its file name under ``_file``; None if
-    there is none."""
+def _records(folder: Path, dataset: str, profile: str,
+             where: Callable[[Mapping[str, Any]], bool] = lambda r: True) -> list[dict[str, Any]]:
+    """The JSON records ``<dataset>-<profile>-*.json`` in ``folder`` that ``where`` accepts, oldest
+    first (by the time each was written, then by file name), each with its file name under ``_file``."""
     import json
 
     recs = [json.loads(f.read_text()) | {"_file": f.name} for f in sorted(folder.glob(f"{dataset}-{profile}-*.json"))]
-    recs = [r for r in recs if where(r)]
-    return max(recs, key=lambda r: (r.get("written_utc", ""), r["_file"])) if recs else None
+    return sorted((r for r in recs if where(r)), key=lambda r: (r.get("written_utc", ""), r["_file"]))
+
+
+def _newest_record(folder: Path, dataset: str, profile: str,
+                   where: Callable[[Mapping[str, Any]], bool] = lambda r: True) -> dict[str, Any] | None:
+    """The newest of :func:`_records`; None if there is none."""
+    recs = _records(folder, dataset, profile, where)
+    return recs[-1] if recs else None
 
 
 def _record_source(rec: Mapping[str, Any]) -> str:
@@ -548,21 +553,28 @@ def _record_source(rec: Mapping[str, Any]) -> str:
 
 
 def probe_block(root: Path, dataset: str, profile: str, phase: int | None = None) -> str:
-    """The newest mnemonics step-probe record of ``dataset``/``profile`` (scripts/probe_mnemonics.py;
-    of probe phase ``phase`` where given) as its table, with the record's base run, commit and
-    device under it."""
+    """The mnemonics step probe (scripts/probe_mnemonics.py) of ``dataset``/``profile`` as its table:
+    the newest record (of probe phase ``phase`` where given) with the settings of every record that
+    probed the same network at the same phase (a setting probed twice: the newest), with the base
+    run and each record's commit and device under it."""
     from mnemonics_study import step_probe
 
-    rec = _newest_record(root / "diagnostics" / "mnemonics_probe", dataset, profile,
-                         lambda r: phase is None or r["probe_phase"] == phase)
+    folder = root / "diagnostics" / "mnemonics_probe"
+    rec = _newest_record(folder, dataset, profile, lambda r: phase is None or r["probe_phase"] == phase)
     if rec is None:
         at = "" if phase is None else f" --probe-phase {phase}"
         return f"n/a (not run): `python scripts/probe_mnemonics.py --dataset {dataset} --profile {profile}{at}`"
-    # rows of records that predate per-row alpha ran at the record's own settings
-    ps = rec["probe_settings"]
-    rows = [{"alpha": ps["inner_lr"], "inner_params": ps.get("inner_params", "all"), **r} for r in rec["rows"]]
-    return (step_probe.probe_table(rows) + f"\n\nBase network: LUCIR herding after phase {rec['probe_phase']} "
-            f"({rec['base_config_hash']}); {_record_source(rec)}.")
+    same = _records(folder, dataset, profile, lambda r: (r["base_config_hash"], r["probe_phase"])
+                    == (rec["base_config_hash"], rec["probe_phase"]))
+    rows: dict[tuple, dict[str, Any]] = {}
+    for r in same:
+        # rows of records that predate per-row alpha ran at the record's own settings
+        ps = r["probe_settings"]
+        for row in r["rows"]:
+            row = {"alpha": ps["inner_lr"], "inner_params": ps.get("inner_params", "all"), **row}
+            rows[(row["program"], row["beta"], row["K"], row["alpha"], row["inner_params"])] = row
+    return (step_probe.probe_table(list(rows.values())) + f"\n\nBase network: LUCIR herding after phase "
+            f"{rec['probe_phase']} ({rec['base_config_hash']}); " + "; ".join(map(_record_source, same)) + ".")
 
 
 def _diagnostic_block(root: Path, kind: str, script: str, dataset: str, profile: str, table, what: str) -> str:
