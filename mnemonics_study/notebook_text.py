@@ -43,8 +43,8 @@ MISSING_NOTE = (
     "them at the profile (hours at `quick`); `missing: error` fails instead.")
 OUTPUTS_NOTE = (
     "**Outputs.** Tables (`.md`, `.csv`) and figures (`.png`, `.pdf`) go to `figures_dir`, named by "
-    "what they hold (artifact, dataset, profile, the phases N, and the seeds when not the study's "
-    "three), each with a `<name>.provenance.json` beside it (config hashes, commits, devices).")
+    "what they hold (artifact, dataset, profile, the phases N, the seeds when not the study's "
+    "three, and `_m<k>` when the runs keep k exemplars per class instead of the paper's 20), each with a `<name>.provenance.json` beside it (config hashes, commits, devices).")
 
 
 def _table1_paper(dataset: str) -> str:

@@ -1,7 +1,8 @@
 """Tables (Markdown + CSV) and seaborn figures (PNG + PDF) from ledger records, each saved with
 its provenance in a sidecar ``<name>.provenance.json`` (config hashes, commits, devices, profile,
 dataset, the runs not run). Files are named by what they hold (:func:`output_name`: artifact,
-dataset, profile, the phases N, the seeds when not the study's three), so executions with other
+dataset, profile, the phases N, the seeds when not the study's three, the exemplars per class when
+not the paper's 20), so executions with other
 parameters never overwrite each other's files.
 
 Inputs are :class:`mnemonics_study.results.RunRecord` lists as returned by

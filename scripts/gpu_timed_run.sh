@@ -36,8 +36,7 @@ export MNEMONICS_CHECKPOINTS="${MNEMONICS_CHECKPOINTS:-$PWD/checkpoints}"
 PY=${PY:-python3}
 OUT=${OUT:-build/gpu_out}
 LOGS=${LOGS:-build/gpu_logs}  # packed into $OUT/logs.tgz at the end (returned files are counted)
-# the runs are written into an ignored folder, seeded with results/ (the cached runs, the sweep's
-# choice): a second call on the warm machine still has them there (results/ itself is replaced by
+# the runs are written into an ignored folder, seeded with results/ (the cached runs): a second call on the warm machine still has them there (results/ itself is replaced by
 # each call's copy of the tree, and finished runs written there would be lost)
 RESULTS_DIR=${RESULTS_DIR:-build/gpu_results}
 mkdir -p "$OUT" "$LOGS" results/bench "$RESULTS_DIR"

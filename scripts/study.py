@@ -117,8 +117,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    limit = args.time_limit
-    outs = study.run_tasks(tasks, root, device=args.device, time_limit=limit, progress=print,
+    outs = study.run_tasks(tasks, root, device=args.device, time_limit=args.time_limit, progress=print,
                            settings=settings, bar=True)
     counts = Counter(o.status for o in outs)
     for o in outs:
@@ -338,13 +337,26 @@ PHASE_KEYS = ("phases", "ablation_phases", "cbf_control_phases", "sweep_phases",
 
 
 def _phases_hint(args: argparse.Namespace) -> str:
-    """Where --set changed the dataset, the profile's every N, which come along unchanged."""
-    if not any(a.split("=", 1)[0].strip() == "dataset" for a in args.set or []):
+    """The parameters whose N the dataset's incremental classes do not divide, as --set flags to
+    change ("" when every N fits: the error is about something else)."""
+    from mnemonics_lib.config import make_config
+    from mnemonics_lib.protocol import base_classes, num_classes
+
+    from mnemonics_study.study import as_list
+
+    try:
+        params = load_params(args.profile, args.set)
+        probe = make_config(dataset=params["dataset"], phases=1)
+    except Exception:  # noqa: BLE001 - only a hint: the error itself is printed either way
         return ""
-    params = load_params(args.profile, args.set)
-    ns = ", ".join(f"{k}={params[k]}" for k in PHASE_KEYS if k in params)
-    return f" (the profile's N come along with --set dataset: {ns}; override those that do not fit, e.g. " \
-           f"--set 'phases=[5]' --set 'cbf_control_phases=[]')"
+    incremental = num_classes(probe) - base_classes(probe)
+    bad = {k: as_list(params[k]) for k in PHASE_KEYS if k in params and params[k] is not None}
+    bad = {k: v for k, v in bad.items() if any(incremental % int(n) for n in v)}
+    if not bad:
+        return ""
+    flags = " ".join(f"--set '{k}=[...]'" for k in bad)
+    return (f" ({params['dataset']} has {incremental} incremental classes; "
+            + ", ".join(f"{k}={v}" for k, v in bad.items()) + f" do not all divide them: {flags})")
 
 
 if __name__ == "__main__":

@@ -296,8 +296,12 @@ def test_comparisons_add_the_no_adjust_old_rows_once_and_label_the_low_data_cont
     p = {"dataset": "caltech100", "memory_per_class": 20, "phases": [5], "ablation_phases": [5],
          "cbf_control_phases": []}
     low = {**p, "memory_per_class": 5}
+    # the ablation's record set lacks one mnemonics seed: the shared row must come from Table 1's
+    partial = [r for r in recs if not (r.config["seed"] == 1995 and r.config["exemplars"] == "mnemonics"
+                                       and r.config["mnemonics"]["adjust_old"])]
     comps = readme._ordered(readme._mnemonics_comparisons(
-        [(p, configs, recs)], [(p, configs, recs), (low, configs[:3], recs)]))
+        [(p, configs, recs)], [(p, configs, partial), (low, configs[:3], recs)]))
+    assert comps[0].records is recs
     assert [(c.dataset, c.spec, c.reference) for c in comps] == [
         ("caltech100", "lucir_mnemonics", "lucir"),
         ("caltech100", "lucir_mnemonics", "lucir+balanced_finetune"),
@@ -311,6 +315,12 @@ def test_comparisons_add_the_no_adjust_old_rows_once_and_label_the_low_data_cont
     # deltas -1.0 / -0.5 / 0.0: mean -0.5, sd 0.5, half-width 4.303 * 0.5 / sqrt(3) = 1.242
     assert rows[5] == ("| caltech100 | 5 | lucir_mnemonics+no_adjust_old vs lucir+balanced_finetune | "
                        "-1.00 / -0.50 / +0.00 | -0.50 ± 0.50 | [-1.74, +0.74] | not resolved (3 seeds) |")
+    # at the earlier step: no no_adjust_old rows, and a variant without mnemonics runs is left out
+    earlier = readme._mnemonics_comparisons([(p, configs, recs)], [(p, configs, recs), (low, configs[:3], [])],
+                                            extras=False)
+    assert [(c.dataset, c.spec, c.reference) for c in readme._ordered(earlier)] == [
+        ("caltech100", "lucir_mnemonics", "lucir"), ("caltech100", "lucir_mnemonics", "lucir+balanced_finetune"),
+        ("caltech100", "lucir+balanced_finetune", "lucir")]
     assert readme.dataset_label(p) == ("caltech100", "caltech100")
     assert readme.dataset_label(low) == ("caltech100-m5", "caltech100, 5 exemplars per class")
 
@@ -328,14 +338,17 @@ def test_probe_block_joins_the_settings_of_every_record_on_the_same_network(tmp_
                 "heldout_model": 0.72, "pixel_delta": 5.0, "pixel_max": 90.0}
 
     env = {"git_commit": "0123456789", "device": "cpu", "cpu_compile": True}
-    for name, base, written, rows in (("a", "abc", "2026-12-01T00:00:00+00:00", [row(2, 0.69), row(1, 0.71)]),
-                                      ("b", "abc", "2026-12-03T00:00:00+00:00", [row(2, 0.68), row(5, 0.65)]),
-                                      ("c", "xyz", "2026-12-02T00:00:00+00:00", [row(3, 0.1)])):
-        rec = {"rows": rows, "probe_phase": 0, "base_config_hash": base, "written_utc": written,
-               "probe_settings": {"inner_lr": 0.001}, "env": env}
+    for name, base, phase, iters, written, rows in (
+            ("a", "abc", 0, 10, "2026-12-01T00:00:00+00:00", [row(2, 0.69), row(1, 0.71)]),
+            ("b", "abc", 0, 10, "2026-12-03T00:00:00+00:00", [row(2, 0.68), row(5, 0.65)]),
+            ("c", "xyz", 0, 10, "2026-12-02T00:00:00+00:00", [row(3, 0.1)]),  # another network
+            ("d", "abc", 1, 10, "2026-12-02T00:00:00+00:00", [row(3, 0.2)]),  # another phase
+            ("e", "abc", 0, 20, "2026-12-02T00:00:00+00:00", [row(3, 0.3)])):  # another outer loop
+        rec = {"rows": rows, "probe_phase": phase, "base_config_hash": base, "written_utc": written,
+               "probe_settings": {"inner_lr": 0.001, "inner_steps": 1, "outer_iters": iters}, "env": env}
         (folder / f"cifar10-quick-s1993-{name}.json").write_text(json.dumps(rec))
     lines = readme.probe_block(tmp_path, "cifar10", "quick", 0).splitlines()
     assert [ln.split(" | ")[2] for ln in lines[2:5]] == ["2", "1", "5"]  # K, first seen first
     assert lines[2].split(" | ")[7] == "0.6800"  # the newer of the two K = 2 results
-    assert len(lines) == 7 and "xyz" not in lines[-1]
+    assert len(lines) == 7 and not any(f"s1993-{n}.json" in lines[-1] for n in "cde")
     assert "`cifar10-quick-s1993-a.json`" in lines[-1] and "`cifar10-quick-s1993-b.json`" in lines[-1]

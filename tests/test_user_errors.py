@@ -144,7 +144,13 @@ def test_an_impossible_protocol_from_set_ends_in_one_line_naming_the_flag():
                           "--dry-run", "--set", "dataset=cifar10"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "cannot be split into 10 equal phases" in out.stderr and "cbf_control_phases=[10, 25]" in out.stderr
+    assert "phases=[5, 10, 25]" in out.stderr and "ablation_phases" not in out.stderr  # N = 5 fits
     assert len(out.stderr.strip().splitlines()) == 1
+    half = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "results", "--profile", "quick",
+                           "--dry-run", "--set", "dataset=cifar10", "--set", "phases=[5]"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert half.returncode != 0 and "--set 'cbf_control_phases=[...]'" in half.stderr
+    assert "--set 'phases=" not in half.stderr  # the flag already given is not suggested again
     fixed = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "results", "--profile", "quick",
                             "--dry-run", "--set", "dataset=cifar10", "--set", "phases=[5]",
                             "--set", "cbf_control_phases=[]"], capture_output=True, text=True, cwd=ROOT)

@@ -182,7 +182,8 @@ def margin_table(snapshot_records: Sequence[Any], long: Any) -> str:
 
 def sweep_table(configs: Sequence[Any], records: Iterable[Any]) -> str:
     """The sensitivity sweep as a grid: alpha (inner_lr) down, beta1 (outer_lr) across, each cell the
-    sweep criterion (AIA CNN of the cut runs) with its config hash, the best in bold; one grid per K."""
+    AIA (CNN) of the cut runs with its config hash, the highest in bold (a report: the library's
+    settings come from the step probe); one grid per K."""
     by_hash = {r.config["config_hash"]: r for r in records}
     cells = {(c.mnemonics.inner_steps, c.mnemonics.inner_lr, c.mnemonics.outer_lr): c for c in configs}
     got = {k: by_hash[c.config_hash()].metrics["aia_cnn"] for k, c in cells.items() if c.config_hash() in by_hash}
@@ -344,11 +345,12 @@ def acts_table(records: Iterable[Any], dataset: str) -> str:
     runs = sorted((r for r in records if spec_of(r.config) == "lucir_mnemonics"),
                   key=lambda r: (r.config["phases"], r.config["seed"]))
     for r in runs:
-        rows = [p for p in r.metrics["per_phase"] if "mnemonics_heldout_after" in p]
+        phases = r.metrics["per_phase"]
+        rows = [p for p in phases if "mnemonics_heldout_after" in p]
         down = sum(p["mnemonics_heldout_after"] < p["mnemonics_heldout_before"] for p in rows)
-        # the phases where it did not fall, by their index in the run (phase 0 is the base classes)
-        rose = [str(p.get("phase", i)) for i, p in enumerate(rows)
-                if not p["mnemonics_heldout_after"] < p["mnemonics_heldout_before"]]
+        # the phases where it did not fall (phase 0 is the base classes)
+        rose = [str(p.get("phase", i)) for i, p in enumerate(phases) if "mnemonics_heldout_after" in p
+                and not p["mnemonics_heldout_after"] < p["mnemonics_heldout_before"]]
         own = [p for p in rows if "mnemonics_heldout_model" in p]
         teach = (f"{sum(p['mnemonics_heldout_after'] <= p['mnemonics_heldout_model'] for p in own)} of {len(own)}"
                  if own else "not measured")
@@ -409,35 +411,43 @@ COMPARED = [("lucir_mnemonics", REFERENCE), ("lucir_mnemonics", CBF_CONTROL), (C
 def dataset_label(p: Mapping[str, Any]) -> tuple[str, str]:
     """(block-name part, table text) of the runs of notebook parameters ``p``: the dataset, with the
     exemplars per class where they are not the paper's 20 (the low-data control), so that two
-    variants of one dataset never share a block or a table row."""
+    variants of one dataset never share a block or a table row. (``memory_mode`` is not a notebook
+    parameter: notebooks always keep a number per class.)"""
     ds, memory = p["dataset"], int(p["memory_per_class"])
     if memory == RunConfig.memory_per_class:
         return ds, ds
     return f"{ds}-m{memory}", f"{ds}, {memory} exemplars per class"
 
 
-def _mnemonics_comparisons(table1, ablation) -> list[Comparison]:
+def _mnemonics_comparisons(table1, ablation, extras: bool = True) -> list[Comparison]:
     """LUCIR w/ mnemonics against herding at every Table-1 N, and against herding + CBF (and CBF
     against herding) at the ablation's and control's N; where the ablation has mnemonics without
-    the old-exemplar adjustment, that run against herding + CBF and against full mnemonics.
-    ``table1``/``ablation`` from :func:`_variant_records`."""
+    the old-exemplar adjustment and ``extras``, that run against herding + CBF and against full
+    mnemonics. ``table1``/``ablation`` from :func:`_variant_records`; an ablation variant with no
+    LUCIR w/ mnemonics record is left out when not ``extras`` (the earlier step's variants)."""
     out: list[Comparison] = []
     for p, _, recs in table1:
         out += [Comparison(dataset_label(p)[1], int(n), "lucir_mnemonics", REFERENCE, recs)
                 for n in as_list(p["phases"])]
     for p, configs, recs in ablation:
         specs = {spec_of(c) for c in configs}
+        if not extras and not any(spec_of(r.config) == "lucir_mnemonics" for r in recs):
+            continue
         if {"lucir_mnemonics", CBF_CONTROL} <= specs:
             label = dataset_label(p)[1]
             for n in dict.fromkeys(as_list(p["ablation_phases"]) + as_list(p["cbf_control_phases"])):
                 # mnemonics against herding (for a variant without Table 1), against the control,
                 # and the control's own cost (CBF alone)
                 out += [Comparison(label, int(n), spec, ref, recs) for spec, ref in COMPARED[:3]]
-            if NO_ADJUST_OLD in specs:  # at the ablation's N, where that run exists
+            if extras and NO_ADJUST_OLD in specs:  # at the ablation's N, where that run exists
                 out += [Comparison(label, int(n), spec, ref, recs)
                         for n in as_list(p["ablation_phases"]) for spec, ref in COMPARED[3:]]
-    # one row per dataset, N and pair: Table 1's mnemonics-vs-herding row is the ablation's too
-    return list({(c.dataset, c.phases, c.spec, c.reference): c for c in reversed(out)}.values())[::-1]
+    # one row per dataset, N and pair, the first listed: Table 1's mnemonics-vs-herding row is the
+    # ablation's too
+    unique: dict[tuple, Comparison] = {}
+    for c in out:
+        unique.setdefault((c.dataset, c.phases, c.spec, c.reference), c)
+    return list(unique.values())
 
 
 def _ordered(comparisons: list[Comparison]) -> list[Comparison]:
@@ -461,11 +471,12 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     earlier_table1 = _variant_records(params, root, "table1", at_earlier_step)
     earlier_ablation = _variant_records(params, root, "ablation_exemplars", at_earlier_step)
     for (p, _, recs), (_, _, earlier) in zip(table1, earlier_table1):
-        blocks.update(table1_blocks(recs, p["dataset"], p["profile"], p["phases"], p["seeds"]))
-        blocks[f"headline-{p['dataset']}-{p['profile']}"] = headline_table(recs, p["dataset"], p["phases"],
-                                                                          as_list(p["seeds"]))
-        blocks[f"mnemonics-acts-{p['dataset']}-{p['profile']}"] = acts_table(recs, p["dataset"])
-        blocks[f"mnemonics-acts-earlier-step-{p['dataset']}-{p['profile']}"] = acts_table(earlier, p["dataset"])
+        slug, label = dataset_label(p)
+        blocks.update(table1_blocks(recs, slug, p["profile"], p["phases"], p["seeds"]))
+        blocks[f"headline-{slug}-{p['profile']}"] = headline_table(recs, p["dataset"], p["phases"],
+                                                                  as_list(p["seeds"]))
+        blocks[f"mnemonics-acts-{slug}-{p['profile']}"] = acts_table(recs, label)
+        blocks[f"mnemonics-acts-earlier-step-{slug}-{p['profile']}"] = acts_table(earlier, label)
     with_table1 = {dataset_label(p) for p, _, _ in table1}
     for p, configs, recs in ablation:
         specs = list(dict.fromkeys(spec_of(c) for c in configs))
@@ -476,7 +487,7 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     blocks[f"mnemonics-vs-herding-{params['profile']}"] = comparison_table(
         _ordered(_mnemonics_comparisons(table1, ablation)), params["seeds"])
     blocks[f"mnemonics-vs-herding-earlier-step-{params['profile']}"] = comparison_table(
-        _ordered(_mnemonics_comparisons(earlier_table1, earlier_ablation)), params["seeds"])
+        _ordered(_mnemonics_comparisons(earlier_table1, earlier_ablation, extras=False)), params["seeds"])
 
     configs = study.notebook_configs("sweep_mnemonics", params)
     recs = study.run_configs(configs, root, missing="skip", study=study.STUDY_SWEEPS)
@@ -552,10 +563,20 @@ def _record_source(rec: Mapping[str, Any]) -> str:
     return f"`{rec['_file']}`, commit {str(env.get('git_commit'))[:7]}{dirty}, {device_of(env)}"
 
 
+# probe settings each row sets for itself (or the record's value fills in for): the rest must agree
+# for two records' rows to stand in one table
+_PER_ROW = frozenset({"K", "beta", "inner_lr", "inner_params", "inner_steps", "outer_lr", "old_lr"})
+
+
+def _fixed(rec: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in rec["probe_settings"].items() if k not in _PER_ROW}
+
+
 def probe_block(root: Path, dataset: str, profile: str, phase: int | None = None) -> str:
     """The mnemonics step probe (scripts/probe_mnemonics.py) of ``dataset``/``profile`` as its table:
     the newest record (of probe phase ``phase`` where given) with the settings of every record that
-    probed the same network at the same phase (a setting probed twice: the newest), with the base
+    probed the same network at the same phase with the same outer loop (a setting probed twice: the
+    newest), with the base
     run and each record's commit and device under it."""
     from mnemonics_study import step_probe
 
@@ -564,8 +585,8 @@ def probe_block(root: Path, dataset: str, profile: str, phase: int | None = None
     if rec is None:
         at = "" if phase is None else f" --probe-phase {phase}"
         return f"n/a (not run): `python scripts/probe_mnemonics.py --dataset {dataset} --profile {profile}{at}`"
-    same = _records(folder, dataset, profile, lambda r: (r["base_config_hash"], r["probe_phase"])
-                    == (rec["base_config_hash"], rec["probe_phase"]))
+    same = _records(folder, dataset, profile, lambda r: (r["base_config_hash"], r["probe_phase"], _fixed(r))
+                    == (rec["base_config_hash"], rec["probe_phase"], _fixed(rec)))
     rows: dict[tuple, dict[str, Any]] = {}
     for r in same:
         # rows of records that predate per-row alpha ran at the record's own settings
