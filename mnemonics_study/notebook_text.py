@@ -44,7 +44,8 @@ MISSING_NOTE = (
 OUTPUTS_NOTE = (
     "**Outputs.** Tables (`.md`, `.csv`) and figures (`.png`, `.pdf`) go to `figures_dir`, named by "
     "what they hold (artifact, dataset, profile, the phases N, the seeds when not the study's "
-    "three, and `_m<k>` when the runs keep k exemplars per class instead of the paper's 20), each with a `<name>.provenance.json` beside it (config hashes, commits, devices).")
+    "three, and `_m<k>` when the runs keep k exemplars per class instead of the paper's 20), each "
+    "with a `<name>.provenance.json` beside it (config hashes, commits, devices).")
 
 
 def _table1_paper(dataset: str) -> str:

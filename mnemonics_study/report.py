@@ -2,8 +2,7 @@
 its provenance in a sidecar ``<name>.provenance.json`` (config hashes, commits, devices, profile,
 dataset, the runs not run). Files are named by what they hold (:func:`output_name`: artifact,
 dataset, profile, the phases N, the seeds when not the study's three, the exemplars per class when
-not the paper's 20), so executions with other
-parameters never overwrite each other's files.
+not the paper's 20), so executions with other parameters never overwrite each other's files.
 
 Inputs are :class:`mnemonics_study.results.RunRecord` lists as returned by
 :func:`mnemonics_study.study.run_configs` / :func:`~mnemonics_study.study.snapshot_records`.

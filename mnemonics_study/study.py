@@ -260,6 +260,12 @@ def common_fields(p: Mapping[str, Any]) -> dict[str, Any]:
     return common
 
 
+def memory_tag(per_class: int, mode: str = "per_class") -> str:
+    """``m<k>`` when runs keep k exemplars per class other than the paper's 20, else "": the mark
+    that keeps the low-data control's task names, blocks and files apart from the paper's."""
+    return f"m{per_class}" if mode == "per_class" and per_class != RunConfig.memory_per_class else ""
+
+
 # ------------------------------------------------------------------ notebook paths
 def notebook_dir(value: str | os.PathLike) -> Path:
     """A notebook's ``results_dir`` / ``figures_dir``: a relative path is relative to notebooks/,
@@ -307,8 +313,8 @@ class Task:
 
     def describe(self) -> str:
         c = self.config
-        memory = f"-m{c.memory_per_class}" if (c.memory_mode == "per_class"
-                                              and c.memory_per_class != RunConfig.memory_per_class) else ""
+        tag = memory_tag(c.memory_per_class, c.memory_mode)
+        memory = f"-{tag}" if tag else ""
         return (f"{self.study}/{c.dataset}-{spec_of(c)}-N{c.phases}-s{c.seed}{memory}-{c.profile} "
                 f"[{c.config_hash()}] ({', '.join(self.artifacts)})")
 

@@ -414,9 +414,8 @@ def dataset_label(p: Mapping[str, Any]) -> tuple[str, str]:
     variants of one dataset never share a block or a table row. (``memory_mode`` is not a notebook
     parameter: notebooks always keep a number per class.)"""
     ds, memory = p["dataset"], int(p["memory_per_class"])
-    if memory == RunConfig.memory_per_class:
-        return ds, ds
-    return f"{ds}-m{memory}", f"{ds}, {memory} exemplars per class"
+    tag = study.memory_tag(memory)
+    return (f"{ds}-{tag}", f"{ds}, {memory} exemplars per class") if tag else (ds, ds)
 
 
 def _mnemonics_comparisons(table1, ablation, extras: bool = True) -> list[Comparison]:
@@ -576,8 +575,7 @@ def probe_block(root: Path, dataset: str, profile: str, phase: int | None = None
     """The mnemonics step probe (scripts/probe_mnemonics.py) of ``dataset``/``profile`` as its table:
     the newest record (of probe phase ``phase`` where given) with the settings of every record that
     probed the same network at the same phase with the same outer loop (a setting probed twice: the
-    newest), with the base
-    run and each record's commit and device under it."""
+    newest), with the base run and each record's commit and device under it."""
     from mnemonics_study import step_probe
 
     folder = root / "diagnostics" / "mnemonics_probe"
