@@ -8,6 +8,13 @@ Table 1 run of that method and seed, stored as a run under ``results/diagnostics
 (``scripts/diagnose.py icarl`` computes them, the README block reads them), beside LwF's phase 0
 (cross-entropy, the same linear head, data and seed) as the control.
 
+**The schedule's phase 0** (how far is a shortened schedule from the paper's?). The same phase-0
+runs of LUCIR (cosine head, CE) with ``epochs`` set to several values, one per seed, stored under
+``results/diagnostics/schedule_phase0/``; 160 epochs is the paper schedule's phase 0 (the quick
+profile with ``epochs=160`` differs from it only in what later phases do), so these runs measure on
+this machine what the paper-profile runs measured on a GPU, and choose the phase-0 length of an
+intermediate schedule (``scripts/diagnose.py schedule``).
+
 The mnemonics step is measured by :mod:`mnemonics_study.step_probe` (``scripts/probe_mnemonics.py``).
 """
 from __future__ import annotations
@@ -22,6 +29,10 @@ STUDY = "diagnostics/icarl_phase0"
 # iCaRL in its own units at quick (lr 2.0, wd 1e-5, BCE averaged over classes), the same at the
 # shared lr 0.1, and LwF (CE, the same linear head and data) at quick as the control
 DEFAULT_VARIANTS = ("icarl", "icarl:lr=0.1", "lwf")
+SCHEDULE_STUDY = "diagnostics/schedule_phase0"
+SCHEDULE_VARIANTS = ("lucir", "lucir:epochs=40", "lucir:epochs=80", "lucir:epochs=160")
+# which -> (folder under results/, default variants)
+DIAGNOSTICS = {"icarl": (STUDY, DEFAULT_VARIANTS), "schedule": (SCHEDULE_STUDY, SCHEDULE_VARIANTS)}
 KNOBS = {"lr": ("lr_override", float), "epochs": ("epochs_override", int)}
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:

@@ -4,6 +4,7 @@ computes only what is missing). ``python scripts/study.py readme`` puts their ta
 
     python scripts/diagnose.py icarl --threads 1           # iCaRL's phase 0 beside LwF's
     python scripts/diagnose.py icarl --variant icarl:lr=2.0,epochs=70
+    python scripts/diagnose.py schedule --seed 1994         # LUCIR's phase 0 at 20/40/80/160 epochs
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     from mnemonics_study import diagnostics
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("which", choices=["icarl"])
+    ap.add_argument("which", choices=sorted(diagnostics.DIAGNOSTICS))
     ap.add_argument("--variant", action="append",
-                    help=f"icarl: method[:lr=..,epochs=..], repeatable (default: "
-                         f"{', '.join(diagnostics.DEFAULT_VARIANTS)})")
+                    help="method[:lr=..,epochs=..], repeatable (default: icarl: "
+                         + "; schedule: ".join(", ".join(v) for _, v in
+                                               (diagnostics.DIAGNOSTICS[k] for k in ("icarl", "schedule"))) + ")")
     ap.add_argument("--dataset", default="caltech100")
     ap.add_argument("--profile", default="quick", help="the schedule the runs start from")
     ap.add_argument("--seed", type=int, default=1993, help="class-order and training seed")
@@ -40,11 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     from mnemonics_lib.trainer import default_device, run_incremental
 
     try:
-        variants = args.variant or list(diagnostics.DEFAULT_VARIANTS)
+        study, defaults = diagnostics.DIAGNOSTICS[args.which]
+        variants = args.variant or list(defaults)
         configs = diagnostics.phase0_configs(variants, args.dataset, args.profile, args.seed)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
-    study, checkpoints = diagnostics.STUDY, False  # one short phase each
+    checkpoints = False  # one phase each
     if args.threads:
         torch.set_num_threads(args.threads)
     device = default_device() if args.device == "auto" else torch.device(args.device)
