@@ -77,3 +77,51 @@ def phase0_table(variants: Sequence[str], configs: Sequence[RunConfig], records:
         p0 = r.metrics["per_phase"][0]
         lines.append(f"{first} {p0['acc_cnn']:.2f} | {p0['acc_nme']:.2f} | {c.config_hash()} | {device_of(r.env)} |")
     return "\n".join(lines)
+
+
+def schedule_configs(seeds: Sequence[int], variants: Iterable[str] = SCHEDULE_VARIANTS,
+                     dataset: str = "caltech100", profile: str = "quick") -> dict[int, list[RunConfig]]:
+    """Seed -> the phase-0 configs of ``variants`` (as :func:`phase0_configs`)."""
+    return {int(s): phase0_configs(variants, dataset, profile, int(s)) for s in seeds}
+
+
+def paper_phase0_configs(seeds: Sequence[int], dataset: str = "caltech100", phases: int = 10) -> dict[int, RunConfig]:
+    """Seed -> the paper-profile LUCIR (herding) Table 1 run whose phase 0 is the reference."""
+    return {int(s): make_config(dataset=dataset, phases=phases, method="lucir", profile="paper", **seed_fields(s))
+            for s in seeds}
+
+
+def schedule_table(variants: Sequence[str], configs: dict[int, Sequence[RunConfig]], records: Iterable[Any],
+                   reference: dict[int, RunConfig] | None = None) -> str:
+    """Markdown: phase-0 CNN accuracy of each variant (rows) per seed (columns), their mean, and the
+    mean's difference from the reference row (the paper-profile runs' phase 0, where present);
+    "not run" where a run is not in ``records``. The devices are listed per row."""
+    from statistics import mean
+
+    by_hash = {r.config["config_hash"]: r for r in records}
+    seeds = list(configs)
+    rows: list[tuple[str, int | str, list[Any]]] = []
+    if reference:
+        rows.append((f"paper profile (LUCIR N = {next(iter(reference.values())).phases} run)",
+                     next(iter(reference.values())).schedule.base_epochs, [reference.get(s) for s in seeds]))
+    for i, text in enumerate(variants):
+        rows.append((text, configs[seeds[0]][i].schedule.base_epochs, [configs[s][i] for s in seeds]))
+    head = " / ".join(str(s) for s in seeds)
+    lines = [f"| phase 0 of | epochs | CNN %, seed {head} | mean | Δ mean vs paper profile | device |",
+             "|---|---|---|---|---|---|"]
+    ref_mean = None
+    for n, (text, epochs, cs) in enumerate(rows):
+        accs = [by_hash[c.config_hash()].metrics["per_phase"][0]["acc_cnn"]
+                if c is not None and c.config_hash() in by_hash else None for c in cs]
+        got = [a for a in accs if a is not None]
+        cells = " / ".join("not run" if a is None else f"{a:.2f}" for a in accs)
+        m = mean(got) if len(got) == len(accs) else None
+        if n == 0 and reference:
+            ref_mean = m
+        delta = ("(reference)" if n == 0 and reference else
+                 f"{m - ref_mean:+.2f}" if m is not None and ref_mean is not None else "")
+        devs = sorted({device_of(by_hash[c.config_hash()].env) for c in cs
+                       if c is not None and c.config_hash() in by_hash})
+        lines.append(f"| {text} | {epochs} | {cells} | {'' if m is None else f'{m:.2f}'} | {delta} | "
+                     f"{', '.join(devs)} |")
+    return "\n".join(lines)
