@@ -30,7 +30,8 @@ STUDY = "diagnostics/icarl_phase0"
 # shared lr 0.1, and LwF (CE, the same linear head and data) at quick as the control
 DEFAULT_VARIANTS = ("icarl", "icarl:lr=0.1", "lwf")
 SCHEDULE_STUDY = "diagnostics/schedule_phase0"
-SCHEDULE_VARIANTS = ("lucir", "lucir:epochs=40", "lucir:epochs=80", "lucir:epochs=160")
+# 20 epochs (quick) is not among them: the Table 1 runs' phase 0 is that run (``table1_phase0_rows``)
+SCHEDULE_VARIANTS = ("lucir:epochs=40", "lucir:epochs=80", "lucir:epochs=160")
 # which -> (folder under results/, default variants)
 DIAGNOSTICS = {"icarl": (STUDY, DEFAULT_VARIANTS), "schedule": (SCHEDULE_STUDY, SCHEDULE_VARIANTS)}
 KNOBS = {"lr": ("lr_override", float), "epochs": ("epochs_override", int)}
@@ -85,43 +86,51 @@ def schedule_configs(seeds: Sequence[int], variants: Iterable[str] = SCHEDULE_VA
     return {int(s): phase0_configs(variants, dataset, profile, int(s)) for s in seeds}
 
 
-def paper_phase0_configs(seeds: Sequence[int], dataset: str = "caltech100", phases: int = 10) -> dict[int, RunConfig]:
-    """Seed -> the paper-profile LUCIR (herding) Table 1 run whose phase 0 is the reference."""
-    return {int(s): make_config(dataset=dataset, phases=phases, method="lucir", profile="paper", **seed_fields(s))
-            for s in seeds}
+def table1_phase0_rows(seeds: Sequence[int], dataset: str = "caltech100") -> list[tuple[str, dict[int, RunConfig]]]:
+    """The LUCIR (herding) Table 1 runs whose phase 0 the schedule table shows beside the variants:
+    the paper profile's (N = 10, the reference) and the quick profile's (N = 5), as (label, seed -> config)."""
+    return [(f"{profile} profile (LUCIR N = {n} run)",
+             {int(s): make_config(dataset=dataset, phases=n, method="lucir", profile=profile, **seed_fields(s))
+              for s in seeds}) for profile, n in (("paper", 10), ("quick", 5))]
 
 
 def schedule_table(variants: Sequence[str], configs: dict[int, Sequence[RunConfig]], records: Iterable[Any],
-                   reference: dict[int, RunConfig] | None = None) -> str:
-    """Markdown: phase-0 CNN accuracy of each variant (rows) per seed (columns), their mean, and the
-    mean's difference from the reference row (the paper-profile runs' phase 0, where present);
-    "not run" where a run is not in ``records``. The devices are listed per row."""
+                   references: Sequence[tuple[str, dict[int, RunConfig]]] = ()) -> str:
+    """Markdown: phase-0 CNN accuracy of each reference run (``references``: label, seed -> config)
+    and variant (rows) per seed (columns), their mean (when every seed ran), and the difference
+    from the first reference (the paper-profile runs' phase 0) paired by seed; "not run" where a
+    run is not in ``records``. The devices are listed per row."""
     from statistics import mean
 
     by_hash = {r.config["config_hash"]: r for r in records}
     seeds = list(configs)
-    rows: list[tuple[str, int | str, list[Any]]] = []
-    if reference:
-        rows.append((f"paper profile (LUCIR N = {next(iter(reference.values())).phases} run)",
-                     next(iter(reference.values())).schedule.base_epochs, [reference.get(s) for s in seeds]))
-    for i, text in enumerate(variants):
-        rows.append((text, configs[seeds[0]][i].schedule.base_epochs, [configs[s][i] for s in seeds]))
-    head = " / ".join(str(s) for s in seeds)
-    lines = [f"| phase 0 of | epochs | CNN %, seed {head} | mean | Δ mean vs paper profile | device |",
-             "|---|---|---|---|---|---|"]
-    ref_mean = None
-    for n, (text, epochs, cs) in enumerate(rows):
-        accs = [by_hash[c.config_hash()].metrics["per_phase"][0]["acc_cnn"]
+
+    def accs(cs):
+        return [by_hash[c.config_hash()].metrics["per_phase"][0]["acc_cnn"]
                 if c is not None and c.config_hash() in by_hash else None for c in cs]
-        got = [a for a in accs if a is not None]
-        cells = " / ".join("not run" if a is None else f"{a:.2f}" for a in accs)
-        m = mean(got) if len(got) == len(accs) else None
-        if n == 0 and reference:
-            ref_mean = m
-        delta = ("(reference)" if n == 0 and reference else
-                 f"{m - ref_mean:+.2f}" if m is not None and ref_mean is not None else "")
+
+    def cells(values, fmt):
+        return " / ".join("not run" if v is None else format(v, fmt) for v in values)
+
+    rows: list[tuple[str, int, list[Any]]] = [
+        (label, next(iter(by_seed.values())).schedule.base_epochs, [by_seed.get(s) for s in seeds])
+        for label, by_seed in references]
+    rows += [(text, configs[seeds[0]][i].schedule.base_epochs, [configs[s][i] for s in seeds])
+             for i, text in enumerate(variants)]
+    ref = accs(rows[0][2]) if references else None
+    head = " / ".join(str(s) for s in seeds)
+    lines = [f"| phase 0 of | epochs | CNN %, seed {head} | mean | Δ vs paper profile, seed {head} | device |",
+             "|---|---|---|---|---|---|"]
+    for n, (text, epochs, cs) in enumerate(rows):
+        got = accs(cs)
+        m = f"{mean(got):.2f}" if None not in got else ""
+        if ref is None:
+            delta = ""
+        elif n == 0:
+            delta = "(reference)"
+        else:
+            delta = cells([None if a is None or r is None else a - r for a, r in zip(got, ref)], "+.2f")
         devs = sorted({device_of(by_hash[c.config_hash()].env) for c in cs
                        if c is not None and c.config_hash() in by_hash})
-        lines.append(f"| {text} | {epochs} | {cells} | {'' if m is None else f'{m:.2f}'} | {delta} | "
-                     f"{', '.join(devs)} |")
+        lines.append(f"| {text} | {epochs} | {cells(got, '.2f')} | {m} | {delta} | {', '.join(devs)} |")
     return "\n".join(lines)

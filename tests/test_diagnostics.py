@@ -230,20 +230,23 @@ def test_exemplar_effect_script_writes_its_record_and_refuses_phase_zero(tmp_pat
     assert rec["env"]["git_commit"]
 
 
-def test_schedule_table_is_exact_and_compares_means_with_the_paper_profile():
-    variants = ["lucir", "lucir:epochs=80"]
+def test_schedule_table_is_exact_and_compares_with_the_paper_profile_by_seed():
+    variants = ["lucir:epochs=40", "lucir:epochs=80"]
     sched = diagnostics.schedule_configs([1993, 1994], variants)
-    ref = diagnostics.paper_phase0_configs([1993, 1994])
-    assert [c.schedule.base_epochs for c in sched[1994]] == [20, 80]
-    assert (ref[1993].profile, ref[1993].phases, ref[1993].schedule.base_epochs) == ("paper", 10, 160)
+    (paper_label, paper), (quick_label, quick) = diagnostics.table1_phase0_rows([1993, 1994])
+    assert [c.schedule.base_epochs for c in sched[1994]] == [40, 80]
+    assert (paper[1993].profile, paper[1993].phases, paper[1993].schedule.base_epochs) == ("paper", 10, 160)
+    assert (quick[1994].profile, quick[1994].phases, quick[1994].schedule.base_epochs) == ("quick", 5, 20)
 
     def rec(c, acc, device="Intel(R) Xeon(R) Processor"):
         return SimpleNamespace(config={"config_hash": c.config_hash()},
                                metrics={"per_phase": [{"acc_cnn": acc}]}, env={"device": device, "cpu_compile": True})
 
-    recs = [rec(ref[1993], 60.0, "NVIDIA H100 80GB HBM3"), rec(ref[1994], 70.0, "NVIDIA H100 80GB HBM3"),
-            rec(sched[1993][0], 30.0), rec(sched[1994][0], 32.5), rec(sched[1993][1], 61.25)]
-    assert diagnostics.schedule_table(variants, sched, recs, ref).splitlines()[2:] == [
+    recs = [rec(paper[1993], 60.0, "NVIDIA H100 80GB HBM3"), rec(paper[1994], 70.0, "NVIDIA H100 80GB HBM3"),
+            rec(quick[1993], 30.0), rec(quick[1994], 32.5), rec(sched[1993][1], 61.25)]
+    assert diagnostics.schedule_table(variants, sched, recs, [(paper_label, paper), (quick_label, quick)]
+                                      ).splitlines()[2:] == [
         "| paper profile (LUCIR N = 10 run) | 160 | 60.00 / 70.00 | 65.00 | (reference) | H100 |",
-        "| lucir | 20 | 30.00 / 32.50 | 31.25 | -33.75 | CPU compiled |",
-        "| lucir:epochs=80 | 80 | 61.25 / not run |  |  | CPU compiled |"]
+        "| quick profile (LUCIR N = 5 run) | 20 | 30.00 / 32.50 | 31.25 | -30.00 / -37.50 | CPU compiled |",
+        "| lucir:epochs=40 | 40 | not run / not run |  | not run / not run |  |",
+        "| lucir:epochs=80 | 80 | 61.25 / not run |  | +1.25 / not run | CPU compiled |"]

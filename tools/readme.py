@@ -502,12 +502,12 @@ def study_blocks(params: Mapping[str, Any], root: Any) -> dict[str, str]:
     recs = study.run_configs(configs, root, missing="skip", study=diagnostics.STUDY)
     blocks[f"icarl-phase0-{params['dataset']}-{params['profile']}"] = diagnostics.phase0_table(variants, configs, recs)
     sched = diagnostics.schedule_configs(params["seeds"], dataset=params["dataset"], profile=params["profile"])
-    ref = diagnostics.paper_phase0_configs(params["seeds"], params["dataset"])
+    refs = diagnostics.table1_phase0_rows(params["seeds"], params["dataset"])
     recs = list(study.run_configs([c for cs in sched.values() for c in cs], root, missing="skip",
                                   study=diagnostics.SCHEDULE_STUDY))
-    recs += list(study.run_configs(list(ref.values()), root, missing="skip"))
+    recs += list(study.run_configs([c for _, by_seed in refs for c in by_seed.values()], root, missing="skip"))
     blocks[f"schedule-phase0-{params['dataset']}-{params['profile']}"] = diagnostics.schedule_table(
-        list(diagnostics.SCHEDULE_VARIANTS), sched, recs, ref)
+        list(diagnostics.SCHEDULE_VARIANTS), sched, recs, refs)
 
     for ds in dict.fromkeys(vp["dataset"] for vp in _variants_with(params, "table1")):
         blocks[f"mnemonics-probe-{ds}-{params['profile']}"] = probe_block(Path(root), ds, params["profile"])
