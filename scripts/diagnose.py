@@ -4,7 +4,7 @@ computes only what is missing). ``python scripts/study.py readme`` puts their ta
 
     python scripts/diagnose.py icarl --threads 1           # iCaRL's phase 0 beside LwF's
     python scripts/diagnose.py icarl --variant icarl:lr=2.0,epochs=70
-    python scripts/diagnose.py schedule --seed 1994         # LUCIR's phase 0 at 20/40/80/160 epochs
+    python scripts/diagnose.py schedule --seed 1994         # LUCIR's phase 0 at 40/80/160 epochs
 """
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("which", choices=sorted(diagnostics.DIAGNOSTICS))
     ap.add_argument("--variant", action="append",
-                    help="method[:lr=..,epochs=..], repeatable (default: icarl: "
-                         + "; schedule: ".join(", ".join(v) for _, v in
-                                               (diagnostics.DIAGNOSTICS[k] for k in ("icarl", "schedule"))) + ")")
+                    help="method[:lr=..,epochs=..], repeatable (default: " + "; ".join(
+                        f"{k}: {', '.join(v)}" for k, (_, v) in diagnostics.DIAGNOSTICS.items()) + ")")
     ap.add_argument("--dataset", default="caltech100")
     ap.add_argument("--profile", default="quick", help="the schedule the runs start from")
     ap.add_argument("--seed", type=int, default=1993, help="class-order and training seed")
