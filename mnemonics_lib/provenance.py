@@ -85,6 +85,10 @@ def provenance(check_dirty: bool = True) -> dict[str, Any]:
         extra["cuda_compile"] = compile_enabled(torch.device("cuda"))
     else:  # compiled CPU backbones (steps.compile_enabled): fused kernels, same arithmetic
         extra["cpu_compile"] = compile_enabled(torch.device("cpu"))
+        if os.environ.get("MNEMONICS_CPU_COMPILE", "1") != "0":
+            from .compile_probe import cpu_compile_verdict
+
+            extra["cpu_compile_probe"] = cpu_compile_verdict().reason
     return {
         "git_commit": commit.strip() if commit else None,
         "git_dirty": bool(status.strip()) if status is not None else None,

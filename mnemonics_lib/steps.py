@@ -58,14 +58,19 @@ def cuda_graphs_enabled(device: torch.device) -> bool:
 
 
 def compile_enabled(device: torch.device) -> bool:
-    """Whether the trainer compiles its backbones on ``device``. CPU: on by default,
-    ``MNEMONICS_CPU_COMPILE=0`` turns it off (the test suite does, to keep its many tiny runs free
-    of compilation). CUDA: off by default, ``MNEMONICS_CUDA_COMPILE=1`` compiles the backbones
+    """Whether the trainer compiles its backbones on ``device``. CPU: on by default where
+    compiled training is sound on this host at the current thread count
+    (:func:`compile_probe.cpu_compile_verdict`; it is not everywhere), ``MNEMONICS_CPU_COMPILE=0``
+    turns it off (the test suite does, to keep its many tiny runs free of compilation). CUDA: off by default, ``MNEMONICS_CUDA_COMPILE=1`` compiles the backbones
     inside the captured graphs (fused kernels; not yet measured on a GPU, so not the default).
     Not part of the config hash: the same arithmetic, fused (float rounding may differ, as
     across devices); ``env.json`` records it."""
     if device.type == "cpu":
-        return os.environ.get("MNEMONICS_CPU_COMPILE", "1") != "0"
+        if os.environ.get("MNEMONICS_CPU_COMPILE", "1") == "0":
+            return False
+        from .compile_probe import cpu_compile_verdict
+
+        return cpu_compile_verdict().sound
     if device.type == "cuda":
         return os.environ.get("MNEMONICS_CUDA_COMPILE", "0") == "1"
     return False

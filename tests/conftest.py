@@ -49,3 +49,15 @@ def _in_process_runs():
     mp.setenv("MNEMONICS_EXECUTOR", os.environ.get("MNEMONICS_EXECUTOR_TESTS", "debug"))
     yield
     mp.undo()
+
+
+@pytest.fixture
+def sound_cpu_compile():
+    """Skip a test that trains through inductor-compiled CPU code where that code is not sound
+    on this host (compile_probe: it crashes or trains differently from eager on some CPUs); the
+    skip reason is the probe's finding. The probe itself is tested in tests/test_compile_probe.py."""
+    from mnemonics_lib.compile_probe import cpu_compile_verdict
+
+    verdict = cpu_compile_verdict()
+    if not verdict.sound:
+        pytest.skip(f"compiled CPU training is unsound on this host: {verdict.reason}")

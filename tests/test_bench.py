@@ -166,7 +166,7 @@ def test_format_table_accepts_a_subset_of_stages(record):
     assert "herding" in table and "eval" not in table
 
 
-def test_train_stage_times_the_compiled_cpu_step_beside_the_eager_one(monkeypatch):
+def test_train_stage_times_the_compiled_cpu_step_beside_the_eager_one(monkeypatch, sound_cpu_compile):
     """With compilation on (the trainer's CPU default), ``ours`` is the compiled path: its full
     batches ran compiled, the eager step is timed beside it and compilation is reported apart."""
     monkeypatch.setenv("MNEMONICS_CPU_COMPILE", "1")

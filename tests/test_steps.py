@@ -86,7 +86,7 @@ def _assert_states_close(ref, model):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)
 
 
-def test_compiled_step_trains_like_the_eager_step_and_compiles_one_graph():
+def test_compiled_step_trains_like_the_eager_step_and_compiles_one_graph(sound_cpu_compile):
     from torch._dynamo.utils import counters
 
     eager_model, model = _eager_trained_and_twin(3)
@@ -120,7 +120,7 @@ def test_evaluation_through_the_compiled_backbone_matches_the_eager_one():
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
-def test_graph_step_with_compiled_backbones_keeps_the_small_batch_eager():
+def test_graph_step_with_compiled_backbones_keeps_the_small_batch_eager(sound_cpu_compile):
     """MNEMONICS_CUDA_COMPILE=1's executor, with the CPU recorder for the graph: warm-up and
     replays run the compiled backbone, the smaller last batch runs eagerly (one graph only),
     and training matches the eager trainer within float tolerance."""
@@ -138,7 +138,7 @@ def test_graph_step_with_compiled_backbones_keeps_the_small_batch_eager():
     _assert_states_close(eager_model, model)
 
 
-def test_later_phases_reuse_the_compiled_graphs():
+def test_later_phases_reuse_the_compiled_graphs(sound_cpu_compile):
     """A new frozen old model every phase and a growing head must not recompile the backbones:
     past torch's recompile limit (8 per code object) they would silently run eagerly."""
     import torch.nn.functional as F
@@ -203,12 +203,17 @@ def test_compiled_backbones_are_eager_again_after_an_error():
         assert not compiled and nets[0].backbone._compiled_call_impl is None
 
 
-def test_compile_is_on_by_default_on_cpu_and_off_on_cuda(monkeypatch):
+def test_compile_is_on_by_default_on_cpu_where_sound_and_off_on_cuda(monkeypatch):
+    from mnemonics_lib import compile_probe
     from mnemonics_lib.steps import compile_enabled
 
     monkeypatch.delenv("MNEMONICS_CPU_COMPILE", raising=False)
     monkeypatch.delenv("MNEMONICS_CUDA_COMPILE", raising=False)
+    verdict = {"v": compile_probe.Verdict(True, "matches")}
+    monkeypatch.setattr(compile_probe, "cpu_compile_verdict", lambda: verdict["v"])
     assert compile_enabled(torch.device("cpu")) and not compile_enabled(torch.device("cuda"))
+    verdict["v"] = compile_probe.Verdict(False, "crashed")  # a host where inductor's code is unsound
+    assert not compile_enabled(torch.device("cpu"))
     monkeypatch.setenv("MNEMONICS_CPU_COMPILE", "0")
     monkeypatch.setenv("MNEMONICS_CUDA_COMPILE", "1")
     assert not compile_enabled(torch.device("cpu")) and compile_enabled(torch.device("cuda"))
