@@ -85,6 +85,7 @@ def provenance(check_dirty: bool = True) -> dict[str, Any]:
         extra["cuda_compile"] = compile_enabled(torch.device("cuda"))
     else:  # compiled CPU backbones (steps.compile_enabled): fused kernels, same arithmetic
         extra["cpu_compile"] = compile_enabled(torch.device("cpu"))
+        extra["torch_threads"] = torch.get_num_threads()  # compiled code's soundness can depend on it
         if os.environ.get("MNEMONICS_CPU_COMPILE", "1") != "0":
             from .compile_probe import cpu_compile_verdict
 
