@@ -95,8 +95,16 @@ TABLE1_OTHER = (
      "source": "the LUCIR paper itself (CVPR 2019), 50 base + 10 phases"},
 )
 
-_README_SOURCE = ("authors' code README (CIFAR-100, B50, 20 exemplars/class); 'LwF' = CNN (cosine "
-                  "classifier) and 'iCaRL' = NME accuracy of the same run")
+#: What the authors' README table measured, as read in their code (mnemonics-training/1_train:
+#: trainer/baseline.py and trainer/incremental.py, main.py defaults): not Li & Hoiem's LwF nor
+#: the original iCaRL, but one "baseline" trainer whose two heads give the two rows.
+_README_SOURCE = ("authors' code README (CIFAR-100, B50): their baseline trainer, i.e. a cosine head with "
+                  "imprinted new-class weights and old-class weights frozen, CE + KD on the old-class logits "
+                  "(KL x T^2 x 0.25 per sample, T = 2), no LUCIR losses; memory a fixed total of 2000 "
+                  "exemplars (ceil(2000 / classes seen) per class); 'LwF' = CNN and 'iCaRL' = NME accuracy "
+                  "of the same run")
+README_SOURCE = _README_SOURCE
+
 _README_VALUES = {  # row -> ((AIA N=5, 10, 25), (forgetting N=5, 10, 25))
     "LwF": ((52.44, 48.47, 45.75), (45.02, 42.50, 39.86)),
     "LwF w/ mnemonics": ((54.21, 52.72, 51.59), (40.00, 36.50, 34.25)),

@@ -508,7 +508,9 @@ def forgetting_table(records: Sequence[Any], *, dataset: str, profile: str,
     cap = _caption("Average incremental accuracy (AIA) and forgetting F (accuracy on the phase-0 classes "
                    "after phase 0 minus after the last phase; lower is better), %, for the CNN and the NME "
                    "head of the same runs, beside the authors' code README (CIFAR-100) [code]: its 'LwF' "
-                   "rows are the CNN head and its 'iCaRL' rows the NME head of one run; 'w/ mnemonics' is "
+                   "rows are the CNN head and its 'iCaRL' rows the NME head of one run of their baseline "
+                   "trainer (cosine head, CE + KD, no LUCIR losses, 2000 exemplars in total), so beside "
+                   "our LUCIR runs they are context, not the same method; 'w/ mnemonics' is "
                    "matched to our mnemonics and authors_code exemplars.", dataset, profile, records, missing)
     return Table(output_name("forgetting", records, dataset=dataset, profile=profile,
                              missing=missing),

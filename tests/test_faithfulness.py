@@ -171,6 +171,32 @@ def test_icarl_trains_in_its_own_units_and_other_methods_keep_theirs():
     assert make_config(method="icarl", profile="quick", lr_override=0.1).schedule.lr == 0.1
 
 
+# ------------------------------------------------------------------ LwF
+def test_lwf_is_ce_plus_soft_target_ce_on_the_old_logits_at_t2_weight_1_on_a_linear_head():
+    """Li & Hoiem's multi-class LwF: CE over all seen classes + lambda_o = 1 x the soft-target
+    cross-entropy (T = 2, batch mean, no T^2 factor) between the new model's old-class logits
+    (``logits[:, :n_old]``) and the old model's; a linear head (no cosine, no sigma)."""
+    lwf, ctx, x, y = _ctx("lwf")
+    assert not lwf.cosine_head and not hasattr(ctx.model.head, "sigma")
+    assert (lwf.temperature, lwf.lambda_old) == (2.0, 1.0)
+    ctx.model.eval()
+    logits, old = ctx.model(x), ctx.old_model(x)
+    assert old.shape[1] == 4 and logits.shape[1] == 6
+    soft = -(F.softmax(old / 2, 1) * F.log_softmax(logits[:, :4] / 2, 1)).sum(1).mean()
+    torch.testing.assert_close(lwf.loss(ctx, x, y), F.cross_entropy(logits, y) + soft)
+    # the test can tell the forms apart: KD weighted by T^2 (the authors' baseline trainer's
+    # form) or distilled over all six logits would not match
+    assert not torch.allclose(lwf.loss(ctx, x, y), F.cross_entropy(logits, y) + 4 * soft)
+    all_six = -(F.softmax(torch.cat([old, logits[:, 4:]], 1) / 2, 1) * F.log_softmax(logits / 2, 1)).sum(1).mean()
+    assert not torch.allclose(lwf.loss(ctx, x, y), F.cross_entropy(logits, y) + all_six)
+
+
+def test_lwf_without_an_old_model_is_plain_cross_entropy():
+    lwf, ctx, x, y = _ctx("lwf", old=False)
+    ctx.model.eval()
+    torch.testing.assert_close(lwf.loss(ctx, x, y), F.cross_entropy(ctx.model(x), y))
+
+
 # ------------------------------------------------------------------ the mnemonics outer step
 def _tiny():
     torch.manual_seed(0)
