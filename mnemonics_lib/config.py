@@ -21,7 +21,7 @@ from .protocol import base_classes, num_classes
 DATASETS = ("cifar100", "cifar10", "caltech100", "imagenet_subset", "imagenet", "synthetic", "caltech101_jpeg")
 # class-folder JPEG trees (ImageNet layout): ResNet-18, random-resized crop, mnemonics_lib.folder_data
 FOLDER_DATASETS = ("imagenet_subset", "imagenet", "caltech101_jpeg")
-METHODS = ("lwf", "icarl", "bic", "lucir")
+METHODS = ("lwf", "icarl", "bic", "lucir", "cosinekd")
 EXEMPLARS = ("random", "herding", "mnemonics", "authors_code")
 MEMORY_MODES = ("per_class", "fixed_total")
 CLASS_ORDERS = ("seed", "podnet_icarl", "identity")

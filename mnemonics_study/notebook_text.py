@@ -66,8 +66,8 @@ def _table1_paper(dataset: str) -> str:
 
 def _readme_paper() -> str:
     ns = paper_numbers.PHASES
-    lines = [f"The {paper_numbers.README_SOURCE}. Our rows are LUCIR runs, so these rows are "
-             "context for forgetting, not the same method:", "",
+    lines = [f"The {paper_numbers.README_SOURCE}. The table shows them beside our cosinekd runs, "
+             "the same method:", "",
              "| README row | " + " | ".join(f"AIA N = {n}" for n in ns) + " | "
              + " | ".join(f"forgetting N = {n}" for n in ns) + " |",
              "|---|" + "---|" * (2 * len(ns))]

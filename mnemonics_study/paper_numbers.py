@@ -21,6 +21,8 @@ METHOD_LABELS = {
     "bic": "BiC",
     "lucir": "LUCIR",
     "lucir_mnemonics": "LUCIR w/ mnemonics",
+    "cosinekd": "CE + KD, cosine head (authors' baseline)",
+    "cosinekd_mnemonics": "CE + KD, cosine head (authors' baseline) w/ mnemonics",
 }
 
 #: Which paper dataset a study dataset is compared against. caltech100 (32x32 Caltech-101 without

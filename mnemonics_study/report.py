@@ -22,7 +22,7 @@ import pandas as pd
 from mnemonics_lib.config import RunConfig
 
 from . import paper_numbers
-from .study import SEEDS, as_list, notebook_dir, spec_of
+from .study import README_METHOD, SEEDS, as_list, notebook_dir, parse_spec, spec_of
 
 HEADLINE_HEAD = {"icarl": "nme"}  # iCaRL's classifier is NME; every other method's is the CNN head
 _TAG_LEGEND = ("Paper-number tags: [code] read in the authors' code; [3p] quoted by a third party; "
@@ -481,7 +481,9 @@ def forgetting_table(records: Sequence[Any], *, dataset: str, profile: str,
             g = _cells(df, wanted, ["spec", "exemplars", "phases"], f"{metric}_{head}")
             for _, r in g.iterrows():
                 mn = r["exemplars"] in ("mnemonics", "authors_code")
-                row_name = paper_numbers.readme_row(head, mn)
+                same_method = parse_spec(r["spec"])["method"] == README_METHOD
+                # the README's numbers sit beside runs of the method that produced them only
+                row_name = paper_numbers.readme_row(head, mn) if same_method else "—"
                 num = paper_numbers.AUTHORS_README.get((row_name, metric, int(r["phases"])))
                 rows.append({"spec": r["spec"], "head": head, "metric": metric, "phases": int(r["phases"]),
                              "mean": r["mean"], "std": r["std"], "n_seeds": int(r["count"]),
@@ -507,11 +509,11 @@ def forgetting_table(records: Sequence[Any], *, dataset: str, profile: str,
         wide_rows.append(row)
     cap = _caption("Average incremental accuracy (AIA) and forgetting F (accuracy on the phase-0 classes "
                    "after phase 0 minus after the last phase; lower is better), %, for the CNN and the NME "
-                   "head of the same runs, beside the authors' code README (CIFAR-100) [code]: its 'LwF' "
-                   "rows are the CNN head and its 'iCaRL' rows the NME head of one run of their baseline "
-                   "trainer (cosine head, CE + KD, no LUCIR losses, 2000 exemplars in total), so beside "
-                   "our LUCIR runs they are context, not the same method; 'w/ mnemonics' is "
-                   "matched to our mnemonics and authors_code exemplars.", dataset, profile, records, missing)
+                   "head of the same runs. The authors' code README (CIFAR-100) [code] is shown beside our runs "
+                   "of the method it measured, their baseline trainer (cosinekd: cosine head, CE + KD, no "
+                   "LUCIR losses, 2000 exemplars in total): its 'LwF' rows are the CNN head and its 'iCaRL' "
+                   "rows the NME head of one run, 'w/ mnemonics' with mnemonics exemplars. LUCIR rows have "
+                   "no README counterpart (—).", dataset, profile, records, missing)
     return Table(output_name("forgetting", records, dataset=dataset, profile=profile,
                              missing=missing),
                  long, pd.DataFrame(wide_rows), cap,

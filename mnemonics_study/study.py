@@ -39,7 +39,11 @@ ABLATION_EXTRAS = ("lucir_mnemonics+no_adjust_old", "lucir_mnemonics+weight_tran
 # The like-for-like control at the Table-1 N outside the ablation: LUCIR with herding, with mnemonics
 # (both Table 1 runs) and with herding + class-balanced fine-tuning (the one run each N adds).
 CBF_CONTROL_SPECS = ("lucir", "lucir_mnemonics", "lucir_herding+balanced_finetune")
-FORGETTING_METHODS = ("lucir", "lucir_authors_code", "lucir_mnemonics")
+# The forgetting table's runs: LUCIR's, and the method the authors' README rows measured (their
+# baseline trainer, methods/cosinekd.py) in that trainer's memory, a fixed total of 2000 exemplars.
+FORGETTING_METHODS = ("lucir", "lucir_authors_code", "lucir_mnemonics", "cosinekd", "cosinekd_mnemonics")
+README_METHOD = "cosinekd"
+README_MEMORY = {"memory_mode": "fixed_total", "memory_total": 2000}
 SNAPSHOT_EXEMPLARS = ("random", "herding", "mnemonics")
 
 STUDY_RUNS = "runs"
@@ -194,8 +198,11 @@ def ablation_with_controls(dataset: str, phases: Any, seeds: Any, profile: str, 
 
 def forgetting_configs(dataset: str, phases: Any, seeds: Any, methods: Any = FORGETTING_METHODS,
                        profile: str = "quick", **common: Any) -> list[RunConfig]:
-    """The runs compared with the authors' README (AIA and forgetting, CNN and NME heads)."""
-    return grid_configs(methods, dataset, phases, seeds, profile, **common)
+    """The runs compared with the authors' README (AIA and forgetting, CNN and NME heads); runs of
+    the README's own method (:data:`README_METHOD`) use its memory (:data:`README_MEMORY`)."""
+    return [make_run(s, dataset=dataset, phases=n, seed=seed, profile=profile,
+                     **{**common, **(README_MEMORY if parse_spec(s)["method"] == README_METHOD else {})})
+            for n in as_list(phases) for seed in as_list(seeds) for s in as_list(methods)]
 
 
 def sweep_configs(dataset: str, inner_lr: Any, outer_lr: Any, inner_steps: Any, phases: int = 5,

@@ -197,6 +197,43 @@ def test_lwf_without_an_old_model_is_plain_cross_entropy():
     torch.testing.assert_close(lwf.loss(ctx, x, y), F.cross_entropy(ctx.model(x), y))
 
 
+# ------------------------------------------------------------------ the authors' baseline trainer
+def test_cosinekd_is_the_authors_baseline_loss_on_the_scaled_cosine_logits():
+    """trainer/incremental.py: CE + KLDivLoss()(log_softmax(out[:, :n_old] / T), softmax(ref / T))
+    * T * T * beta * n_old, KLDivLoss's default being the mean over batch x n_old elements."""
+    kd, ctx, x, y = _ctx("cosinekd")
+    assert kd.cosine_head and (kd.temperature, kd.beta) == (2.0, 0.25)
+    ctx.model.eval()
+    logits, ref = ctx.model(x), ctx.old_model(x)
+    torch.testing.assert_close(logits, ctx.model.head.sigma * ctx.model.head.cosine(ctx.model.features(x)))
+    p = F.softmax(ref / 2, 1)
+    element_mean_kl = (p * (p.log() - F.log_softmax(logits[:, :4] / 2, 1))).mean()  # over 16 x 4
+    expected = F.cross_entropy(logits, y) + element_mean_kl * 2 * 2 * 0.25 * 4
+    torch.testing.assert_close(kd.loss(ctx, x, y), expected)
+    kd_none, ctx0, x0, y0 = _ctx("cosinekd", old=False)
+    ctx0.model.eval()
+    torch.testing.assert_close(kd_none.loss(ctx0, x0, y0), F.cross_entropy(ctx0.model(x0), y0))
+
+
+def test_cosinekd_imprints_new_weights_and_freezes_the_old_ones():
+    torch.manual_seed(0)
+    kd = get_method("cosinekd")
+    net = build_net("resnet", 4, depth=8, width=4, cosine=True)
+    config = make_config(method="cosinekd", **SMALL)
+    x, y = torch.randn(24, 3, 32, 32), torch.arange(24) % 6
+    ctx = PhaseContext(config, 1, 4, 6, net, copy.deepcopy(net).eval(), x, y, torch.device("cpu"),
+                       torch.Generator().manual_seed(0), {})
+    kd.before_phase(ctx)
+    old_w, new_w = list(net.head.weights)
+    assert not old_w.requires_grad and new_w.requires_grad and new_w.shape[0] == 2
+    net.eval()
+    with torch.no_grad():
+        f = F.normalize(net.features(x[y >= 4]), dim=1)
+    mean4 = F.normalize(f[y[y >= 4] == 4].mean(0), dim=0)
+    torch.testing.assert_close(F.normalize(new_w[0], dim=0), mean4, rtol=1e-4, atol=1e-5)
+    # (that the loss has no less-forget or margin-ranking term is pinned by the exact value above)
+
+
 # ------------------------------------------------------------------ the mnemonics outer step
 def _tiny():
     torch.manual_seed(0)

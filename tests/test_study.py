@@ -491,11 +491,19 @@ def test_table1_report_mean_std_and_delta(tmp_path):
 
 
 def test_forgetting_table_matches_readme_rows(tmp_path):
-    cs = study.forgetting_configs("caltech100", 5, [1993], ["lucir", "lucir_mnemonics"], "quick")
+    cs = study.forgetting_configs("caltech100", 5, [1993],
+                                  ["lucir", "lucir_mnemonics", "cosinekd", "cosinekd_mnemonics"], "quick")
+    memory = {study.spec_of(c): (c.memory_mode, c.memory_total) for c in cs}
+    assert memory["cosinekd"] == memory["cosinekd_mnemonics"] == ("fixed_total", 2000)
+    assert memory["lucir"][0] == "per_class"
     recs = [results.run_or_load(c, _fake_metrics, tmp_path) for c in cs]
     t = report.forgetting_table(recs, dataset="caltech100", profile="quick")
     rows = t.long.set_index(["spec", "head", "metric"])["readme_row"].to_dict()
-    assert rows[("lucir", "cnn", "aia")] == "LwF" and rows[("lucir_mnemonics", "nme", "forgetting")] == "iCaRL w/ mnemonics"
+    # the README rows measured the authors' baseline trainer: only its runs sit beside them
+    assert rows[("cosinekd", "cnn", "aia")] == "LwF" and rows[("cosinekd_mnemonics", "nme", "forgetting")] == "iCaRL w/ mnemonics"
+    assert rows[("lucir", "cnn", "aia")] == rows[("lucir_mnemonics", "nme", "aia")] == "—"
+    paper = t.long.set_index(["spec", "head", "metric"])["paper"]
+    assert paper[("cosinekd", "nme", "aia")] == 58.03 and math.isnan(paper[("lucir", "cnn", "aia")])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         report.to_markdown(t.wide)

@@ -1,11 +1,13 @@
 """The explicit method registry: name -> class."""
 from .base import Method, PhaseContext
 from .bic import BiC
+from .cosinekd import CosineKD
 from .icarl import ICaRL
 from .lucir import LUCIR
 from .lwf import LwF
 
-REGISTRY: dict[str, type[Method]] = {"lwf": LwF, "icarl": ICaRL, "bic": BiC, "lucir": LUCIR}
+REGISTRY: dict[str, type[Method]] = {"lwf": LwF, "icarl": ICaRL, "bic": BiC, "lucir": LUCIR,
+                                 "cosinekd": CosineKD}
 
 
 def get_method(name: str) -> Method:
