@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -70,13 +71,22 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("MNEMONICS_CACHE_DIR", Path.home() / ".cache" / "mnemonics_study"))
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def host_key(threads: int) -> str:
     """What the verdict depends on: torch build, CPU model and ISA, intra-op threads."""
     import torch
 
-    from .provenance import _device_name
-
-    parts = [torch.__version__, _device_name(), torch.backends.cpu.get_cpu_capability(), str(threads)]
+    parts = [torch.__version__, cpu_model(), torch.backends.cpu.get_cpu_capability(), str(threads)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

@@ -32,15 +32,9 @@ def _git(*args: str) -> str | None:
 def _device_name() -> str:
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    from .compile_probe import cpu_model
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model()
 
 
 def _version(module: str) -> str | None:

@@ -133,13 +133,15 @@ def test_all_configs_quick_counts_and_priority_order():
     tasks = study.all_configs(params("quick"))
     # cifar10 ablation: herding + CBF and mnemonics without the old-exemplar adjustment, 3 seeds each;
     # the low-data control (cifar10_m5): herding, mnemonics, herding + CBF at 5 exemplars per class
-    assert len(tasks) == len({t.key for t in tasks}) == 141
+    # forgetting: the authors' baseline trainer (cosinekd, herding and mnemonics) at N = 5, 10, 25 and
+    # 3 seeds, in its 2000-exemplar memory, beside the LUCIR runs
+    assert len(tasks) == len({t.key for t in tasks}) == 159
     by = Counter(t.artifacts[0] for t in tasks)
     # the quick sweep: alpha {0.001, 0.01} x beta1 {1, 10, 100} at K = 2, each run cut after phase 1
     assert by == {"table1": 45, "ablation_exemplars": 48, "sweep_mnemonics": 6, "table1[cifar10]": 15,
                   "table1[caltech101_jpeg]": 2, "ablation_exemplars[cifar10]": 6,
                   "ablation_exemplars[cifar10_m5]": 9,
-                  "ablation_exemplars[caltech101_jpeg]": 1, "figure1_tsne": 3, "forgetting": 6}
+                  "ablation_exemplars[caltech101_jpeg]": 1, "figure1_tsne": 3, "forgetting": 24}
     groups = [_group(t) for t in tasks]
     assert groups == sorted(groups), "tasks are not in priority order"
     assert set(groups) == set(range(7))
@@ -150,6 +152,8 @@ def test_all_configs_quick_counts_and_priority_order():
         (c.mnemonics.inner_lr, c.mnemonics.outer_lr) for c in sweep}
     low = [t.config for t in tasks if t.artifacts[0] == "ablation_exemplars[cifar10_m5]"]
     assert {(c.dataset, c.memory_per_class, c.train_per_class) for c in low} == {("cifar10", 5, 500)}
+    readme = [t.config for t in tasks if t.config.method == "cosinekd"]
+    assert len(readme) == 18 and {(c.memory_mode, c.memory_total) for c in readme} == {("fixed_total", 2000)}
     cifar = [t.config for t in tasks if t.artifacts[0] == "table1[cifar10]"]
     assert {(c.dataset, c.phases) for c in cifar} == {("cifar10", 5)}
     # every notebook's configs are all enumerated (the CLI computes exactly what notebooks read)
