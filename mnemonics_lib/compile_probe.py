@@ -25,9 +25,10 @@ import platform
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,7 @@ def cpu_compile_verdict(threads: int | None = None, program: str = PROBE_PROGRAM
         log.info("probing whether compiled CPU training is sound here (%d thread(s)) ...", threads)
         verdict = run_probe(threads, program)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-            json.dump(asdict(verdict), f)
-        os.replace(f.name, path)
+        write_text_atomic(path, json.dumps(asdict(verdict)))
     if not verdict.sound:
         log.warning("compiled CPU training is off on this host: %s; training runs eagerly", verdict.reason)
     _VERDICTS[key] = verdict

@@ -63,7 +63,7 @@ def provenance(check_dirty: bool = True) -> dict[str, Any]:
               if check_dirty else None)
     import torch  # local: the ledger and the report import this module without needing torch
 
-    from .steps import compile_enabled
+    from .steps import compile_enabled, cpu_compile_requested
 
     extra = {}
     if os.environ.get("MNEMONICS_GIT_COMMIT"):
@@ -80,7 +80,7 @@ def provenance(check_dirty: bool = True) -> dict[str, Any]:
     else:  # compiled CPU backbones (steps.compile_enabled): fused kernels, same arithmetic
         extra["cpu_compile"] = compile_enabled(torch.device("cpu"))
         extra["torch_threads"] = torch.get_num_threads()  # compiled code's soundness can depend on it
-        if os.environ.get("MNEMONICS_CPU_COMPILE", "1") != "0":
+        if cpu_compile_requested():
             from .compile_probe import cpu_compile_verdict
 
             extra["cpu_compile_probe"] = cpu_compile_verdict().reason

@@ -57,6 +57,11 @@ def cuda_graphs_enabled(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("MNEMONICS_CUDA_GRAPHS", "1") != "0"
 
 
+def cpu_compile_requested() -> bool:
+    """``MNEMONICS_CPU_COMPILE`` is not ``0``: compile on CPU where the probe finds it sound."""
+    return os.environ.get("MNEMONICS_CPU_COMPILE", "1") != "0"
+
+
 def compile_enabled(device: torch.device) -> bool:
     """Whether the trainer compiles its backbones on ``device``. CPU: on by default where
     compiled training is sound on this host at the current thread count
@@ -66,7 +71,7 @@ def compile_enabled(device: torch.device) -> bool:
     Not part of the config hash: the same arithmetic, fused (float rounding may differ, as
     across devices); ``env.json`` records it."""
     if device.type == "cpu":
-        if os.environ.get("MNEMONICS_CPU_COMPILE", "1") == "0":
+        if not cpu_compile_requested():
             return False
         from .compile_probe import cpu_compile_verdict
 

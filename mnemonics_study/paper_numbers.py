@@ -100,13 +100,11 @@ TABLE1_OTHER = (
 #: What the authors' README table measured, as read in their code (mnemonics-training/1_train:
 #: trainer/baseline.py and trainer/incremental.py, main.py defaults): not Li & Hoiem's LwF nor
 #: the original iCaRL, but one "baseline" trainer whose two heads give the two rows.
-_README_SOURCE = ("authors' code README (CIFAR-100, B50): their baseline trainer, i.e. a cosine head with "
+README_SOURCE = ("authors' code README (CIFAR-100, B50): their baseline trainer, i.e. a cosine head with "
                   "imprinted new-class weights and old-class weights frozen, CE + KD on the old-class logits "
                   "(KL x T^2 x 0.25 per sample, T = 2), no LUCIR losses; memory a fixed total of 2000 "
                   "exemplars (ceil(2000 / classes seen) per class); 'LwF' = CNN and 'iCaRL' = NME accuracy "
                   "of the same run")
-README_SOURCE = _README_SOURCE
-
 _README_VALUES = {  # row -> ((AIA N=5, 10, 25), (forgetting N=5, 10, 25))
     "LwF": ((52.44, 48.47, 45.75), (45.02, 42.50, 39.86)),
     "LwF w/ mnemonics": ((54.21, 52.72, 51.59), (40.00, 36.50, 34.25)),
@@ -126,8 +124,8 @@ def _readme() -> dict[tuple[str, str, int], PaperNumber]:
     out = {}
     for row, (aia, forg) in _README_VALUES.items():
         for n, a, f in zip(PHASES, aia, forg):
-            out[(row, "aia", n)] = PaperNumber(a, "[code]", _README_SOURCE)
-            out[(row, "forgetting", n)] = PaperNumber(f, "[code]", _README_SOURCE)
+            out[(row, "aia", n)] = PaperNumber(a, "[code]", README_SOURCE)
+            out[(row, "forgetting", n)] = PaperNumber(f, "[code]", README_SOURCE)
     return out
 
 

@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import paper_numbers, snapshots
 from mnemonics_lib.config import EXEMPLARS, METHODS, ConfigError, RunConfig, make_config
@@ -157,9 +157,11 @@ def make_run(spec: str, *, dataset: str, phases: int, seed: int, profile: str, *
 
 # ------------------------------------------------------------------ config builders
 def grid_configs(specs: Iterable[str], dataset: str, phases: Any, seeds: Any, profile: str,
+                 spec_fields: Callable[[str], Mapping[str, Any]] = lambda spec: {},
                  **common: Any) -> list[RunConfig]:
-    """Every spec x N x seed, ordered N, then seed, then spec (a complete single-seed table first)."""
-    return [make_run(s, dataset=dataset, phases=n, seed=seed, profile=profile, **common)
+    """Every spec x N x seed, ordered N, then seed, then spec (a complete single-seed table first);
+    ``spec_fields(spec)``: fields that spec's runs set on top of ``common``."""
+    return [make_run(s, dataset=dataset, phases=n, seed=seed, profile=profile, **{**common, **spec_fields(s)})
             for n in as_list(phases) for seed in as_list(seeds) for s in as_list(specs)]
 
 
@@ -200,9 +202,8 @@ def forgetting_configs(dataset: str, phases: Any, seeds: Any, methods: Any = FOR
                        profile: str = "quick", **common: Any) -> list[RunConfig]:
     """The runs compared with the authors' README (AIA and forgetting, CNN and NME heads); runs of
     the README's own method (:data:`README_METHOD`) use its memory (:data:`README_MEMORY`)."""
-    return [make_run(s, dataset=dataset, phases=n, seed=seed, profile=profile,
-                     **{**common, **(README_MEMORY if parse_spec(s)["method"] == README_METHOD else {})})
-            for n in as_list(phases) for seed in as_list(seeds) for s in as_list(methods)]
+    return grid_configs(methods, dataset, phases, seeds, profile, spec_fields=lambda s: (
+        README_MEMORY if parse_spec(s)["method"] == README_METHOD else {}), **common)
 
 
 def sweep_configs(dataset: str, inner_lr: Any, outer_lr: Any, inner_steps: Any, phases: int = 5,
