@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, folder_data, metrics, protocol
 from .backbones import IncrementalNet, build_net, head_sizes
-from .checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import RunConfig
 from .datasets import ArrayData, cap_per_class, load_dataset
 from .evaluation import evaluate_phase
@@ -263,6 +263,8 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
         legs = json.loads(ck["legs"]) if "legs" in ck else [
             {"first_phase": 0, "device": None, "git_commit": None,
              "note": "not recorded: the checkpoint predates per-leg provenance"}]
+        if "rng" in ck:  # after _restore_model, whose seeding and head growth would move them
+            restore_rng_state(ck["rng"])
         log.info("resumed %s from %s (next phase %d)", config.config_hash(), latest[-1].name, start)
 
     legs.append({"first_phase": start, **leg_provenance()})

@@ -3,8 +3,10 @@ methods learning on the synthetic set, exact resume from a phase checkpoint, and
 ledger with a real RunConfig."""
 import json
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,14 +165,23 @@ def test_resume_equals_uninterrupted(method, tmp_path, monkeypatch):
         trainer.run_incremental(cfg, "cpu", stop_after_phase=1)
     ck_dir = tmp_path / "a" / "runs" / cfg.config_hash()
     assert [p.name for p in ck_dir.glob("phase_*.pt")] == ["phase_001.pt"]
-    phases_run = []
-    resumed = trainer.run_incremental(cfg, "cpu", on_phase_end=lambda p, *a: phases_run.append(p))
+    # a resumed run starts in a fresh process: the global RNGs hold nothing of the interrupted run
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    phases_run, rng_resumed, rng_straight = [], {}, {}
+
+    def record(into):
+        return lambda p, *a: (phases_run.append(p), into.update({p: torch.get_rng_state()}))
+
+    resumed = trainer.run_incremental(cfg, "cpu", on_phase_end=record(rng_resumed))
     assert phases_run == [2]  # really resumed, not recomputed
     assert list(ck_dir.glob("phase_*.pt")) == []  # cleaned up after the last phase
 
     monkeypatch.setenv("MNEMONICS_CHECKPOINTS", str(tmp_path / "b"))
-    straight = trainer.run_incremental(cfg, "cpu")
+    straight = trainer.run_incremental(cfg, "cpu", on_phase_end=record(rng_straight))
     assert _comparable(resumed) == _comparable(straight)
+    # the global RNG (new head rows, augmentation) continues from the checkpoint, not from the
+    # resuming process: after the resumed phase it stands where the uninterrupted run's does
+    assert torch.equal(rng_resumed[2], rng_straight[2])
     assert len(resumed["per_phase"]) == 3
     # where each stretch of phases ran is kept through the checkpoint (provenance of mixed runs)
     assert [leg["first_phase"] for leg in resumed["legs"]] == [0, 2]
