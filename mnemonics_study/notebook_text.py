@@ -66,8 +66,10 @@ def _table1_paper(dataset: str) -> str:
 
 def _readme_paper() -> str:
     ns = paper_numbers.PHASES
-    lines = [f"The {paper_numbers.README_SOURCE}. The table shows them beside our cosinekd runs, "
-             "the same method:", "",
+    lines = [f"The {paper_numbers.README_SOURCE}. The table shows them beside our runs of the same "
+             "code: cosinekd (herding) for the plain rows, cosinekd_authors_code+weight_transfer (the "
+             "code's exemplar step, no balanced fine-tuning, the weight-transferred network from phase 1) "
+             "for the 'w/ mnemonics' rows:", "",
              "| README row | " + " | ".join(f"AIA N = {n}" for n in ns) + " | "
              + " | ".join(f"forgetting N = {n}" for n in ns) + " |",
              "|---|" + "---|" * (2 * len(ns))]

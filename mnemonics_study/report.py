@@ -22,7 +22,7 @@ import pandas as pd
 from mnemonics_lib.config import RunConfig
 
 from . import paper_numbers
-from .study import README_METHOD, SEEDS, as_list, notebook_dir, parse_spec, spec_of
+from .study import README_SPECS, SEEDS, as_list, notebook_dir, parse_spec, spec_of
 
 HEADLINE_HEAD = {"icarl": "nme"}  # iCaRL's classifier is NME; every other method's is the CNN head
 _TAG_LEGEND = ("Paper-number tags: [code] read in the authors' code; [3p] quoted by a third party; "
@@ -480,10 +480,9 @@ def forgetting_table(records: Sequence[Any], *, dataset: str, profile: str,
         for metric in ("aia", "forgetting"):
             g = _cells(df, wanted, ["spec", "exemplars", "phases"], f"{metric}_{head}")
             for _, r in g.iterrows():
-                mn = r["exemplars"] in ("mnemonics", "authors_code")
-                same_method = parse_spec(r["spec"])["method"] == README_METHOD
-                # the README's numbers sit beside runs of the method that produced them only
-                row_name = paper_numbers.readme_row(head, mn) if same_method else "—"
+                # the README's numbers sit beside runs of the code that produced them only
+                mn = README_SPECS.get(r["spec"])
+                row_name = paper_numbers.readme_row(head, mn) if mn is not None else "—"
                 num = paper_numbers.AUTHORS_README.get((row_name, metric, int(r["phases"])))
                 rows.append({"spec": r["spec"], "head": head, "metric": metric, "phases": int(r["phases"]),
                              "mean": r["mean"], "std": r["std"], "n_seeds": int(r["count"]),
@@ -512,8 +511,11 @@ def forgetting_table(records: Sequence[Any], *, dataset: str, profile: str,
                    "head of the same runs. The authors' code README (CIFAR-100) [code] is shown beside our runs "
                    "of the method it measured, their baseline trainer (cosinekd: cosine head, CE + KD, no "
                    "LUCIR losses, 2000 exemplars in total): its 'LwF' rows are the CNN head and its 'iCaRL' "
-                   "rows the NME head of one run, 'w/ mnemonics' with mnemonics exemplars. LUCIR rows have "
-                   "no README counterpart (—).", dataset, profile, records, missing)
+                   "rows the NME head of one run; its 'w/ mnemonics' rows come from the code's own exemplar "
+                   "step (authors_code: herding, then one epoch of pixel SGD on a nearest-prototype loss, "
+                   "no balanced fine-tuning) in the frozen-conv, learnable-scale network it switches to "
+                   "from phase 1 (+weight_transfer). The paper's bilevel mnemonics (cosinekd_mnemonics) "
+                   "and the LUCIR rows have no README counterpart (—).", dataset, profile, records, missing)
     return Table(output_name("forgetting", records, dataset=dataset, profile=profile,
                              missing=missing),
                  long, pd.DataFrame(wide_rows), cap,

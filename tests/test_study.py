@@ -133,15 +133,16 @@ def test_all_configs_quick_counts_and_priority_order():
     tasks = study.all_configs(params("quick"))
     # cifar10 ablation: herding + CBF and mnemonics without the old-exemplar adjustment, 3 seeds each;
     # the low-data control (cifar10_m5): herding, mnemonics, herding + CBF at 5 exemplars per class
-    # forgetting: the authors' baseline trainer (cosinekd, herding and mnemonics) at N = 5, 10, 25 and
-    # 3 seeds, in its 2000-exemplar memory, beside the LUCIR runs
-    assert len(tasks) == len({t.key for t in tasks}) == 159
+    # forgetting: the authors' baseline trainer (cosinekd: herding, the code's own exemplar step with
+    # weight transfer, and bilevel mnemonics) at N = 5, 10, 25 and 3 seeds, in its 2000-exemplar
+    # memory, beside the LUCIR runs
+    assert len(tasks) == len({t.key for t in tasks}) == 168
     by = Counter(t.artifacts[0] for t in tasks)
     # the quick sweep: alpha {0.001, 0.01} x beta1 {1, 10, 100} at K = 2, each run cut after phase 1
     assert by == {"table1": 45, "ablation_exemplars": 48, "sweep_mnemonics": 6, "table1[cifar10]": 15,
                   "table1[caltech101_jpeg]": 2, "ablation_exemplars[cifar10]": 6,
                   "ablation_exemplars[cifar10_m5]": 9,
-                  "ablation_exemplars[caltech101_jpeg]": 1, "figure1_tsne": 3, "forgetting": 24}
+                  "ablation_exemplars[caltech101_jpeg]": 1, "figure1_tsne": 3, "forgetting": 33}
     groups = [_group(t) for t in tasks]
     assert groups == sorted(groups), "tasks are not in priority order"
     assert set(groups) == set(range(7))
@@ -153,7 +154,7 @@ def test_all_configs_quick_counts_and_priority_order():
     low = [t.config for t in tasks if t.artifacts[0] == "ablation_exemplars[cifar10_m5]"]
     assert {(c.dataset, c.memory_per_class, c.train_per_class) for c in low} == {("cifar10", 5, 500)}
     readme = [t.config for t in tasks if t.config.method == "cosinekd"]
-    assert len(readme) == 18 and {(c.memory_mode, c.memory_total) for c in readme} == {("fixed_total", 2000)}
+    assert len(readme) == 27 and {(c.memory_mode, c.memory_total) for c in readme} == {("fixed_total", 2000)}
     cifar = [t.config for t in tasks if t.artifacts[0] == "table1[cifar10]"]
     assert {(c.dataset, c.phases) for c in cifar} == {("cifar10", 5)}
     # every notebook's configs are all enumerated (the CLI computes exactly what notebooks read)
@@ -171,7 +172,7 @@ def test_all_configs_paper_starts_with_the_lucir_pair_at_n10():
 
 def test_smoke_params_stay_small_and_out_of_results():
     p = params("smoke")
-    assert len(study.all_configs(p)) <= 20
+    assert len(study.all_configs(p)) <= 21  # one synthetic run per forgetting spec, the rest shared
     assert p["results_dir"].startswith("../build/") and p["figures_dir"].startswith("../build/")
     assert p["profile"] == "smoke" and p["dataset"] == "synthetic"
 
@@ -495,19 +496,28 @@ def test_table1_report_mean_std_and_delta(tmp_path):
 
 
 def test_forgetting_table_matches_readme_rows(tmp_path):
+    authors = "cosinekd_authors_code+weight_transfer"
     cs = study.forgetting_configs("caltech100", 5, [1993],
-                                  ["lucir", "lucir_mnemonics", "cosinekd", "cosinekd_mnemonics"], "quick")
-    memory = {study.spec_of(c): (c.memory_mode, c.memory_total) for c in cs}
-    assert memory["cosinekd"] == memory["cosinekd_mnemonics"] == ("fixed_total", 2000)
+                                  ["lucir", "lucir_mnemonics", "cosinekd", authors, "cosinekd_mnemonics"], "quick")
+    by_spec = {study.spec_of(c): c for c in cs}
+    memory = {s: (c.memory_mode, c.memory_total) for s, c in by_spec.items()}
+    assert memory["cosinekd"] == memory[authors] == memory["cosinekd_mnemonics"] == ("fixed_total", 2000)
     assert memory["lucir"][0] == "per_class"
+    # the code behind the README's 'w/ mnemonics' rows: its own exemplar step, no balanced
+    # fine-tuning, the weight-transferred network from phase 1 on
+    a = by_spec[authors]
+    assert (a.exemplars, a.use_balanced_finetune, a.weight_transfer) == ("authors_code", False, True)
     recs = [results.run_or_load(c, _fake_metrics, tmp_path) for c in cs]
     t = report.forgetting_table(recs, dataset="caltech100", profile="quick")
     rows = t.long.set_index(["spec", "head", "metric"])["readme_row"].to_dict()
     # the README rows measured the authors' baseline trainer: only its runs sit beside them
-    assert rows[("cosinekd", "cnn", "aia")] == "LwF" and rows[("cosinekd_mnemonics", "nme", "forgetting")] == "iCaRL w/ mnemonics"
+    assert rows[("cosinekd", "cnn", "aia")] == "LwF" and rows[(authors, "nme", "forgetting")] == "iCaRL w/ mnemonics"
+    # the paper's bilevel program was never behind those numbers, in either trainer
+    assert rows[("cosinekd_mnemonics", "nme", "aia")] == "—"
     assert rows[("lucir", "cnn", "aia")] == rows[("lucir_mnemonics", "nme", "aia")] == "—"
     paper = t.long.set_index(["spec", "head", "metric"])["paper"]
     assert paper[("cosinekd", "nme", "aia")] == 58.03 and math.isnan(paper[("lucir", "cnn", "aia")])
+    assert paper[(authors, "cnn", "forgetting")] == 40.00
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         report.to_markdown(t.wide)
