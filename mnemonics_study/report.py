@@ -22,7 +22,7 @@ import pandas as pd
 from mnemonics_lib.config import RunConfig
 
 from . import paper_numbers
-from .study import README_SPECS, SEEDS, as_list, notebook_dir, parse_spec, spec_of
+from .study import README_SPECS, SEEDS, as_list, notebook_dir, spec_of
 
 HEADLINE_HEAD = {"icarl": "nme"}  # iCaRL's classifier is NME; every other method's is the CNN head
 _TAG_LEGEND = ("Paper-number tags: [code] read in the authors' code; [3p] quoted by a third party; "
@@ -478,7 +478,7 @@ def forgetting_table(records: Sequence[Any], *, dataset: str, profile: str,
     rows = []
     for head in ("cnn", "nme"):
         for metric in ("aia", "forgetting"):
-            g = _cells(df, wanted, ["spec", "exemplars", "phases"], f"{metric}_{head}")
+            g = _cells(df, wanted, ["spec", "phases"], f"{metric}_{head}")
             for _, r in g.iterrows():
                 # the README's numbers sit beside runs of the code that produced them only
                 mn = README_SPECS.get(r["spec"])
