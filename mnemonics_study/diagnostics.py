@@ -27,8 +27,10 @@ from .study import seed_fields
 
 STUDY = "diagnostics/icarl_phase0"
 # iCaRL in its own units at quick (lr 2.0, wd 1e-5, BCE averaged over classes), the same at the
-# shared lr 0.1, and LwF (CE, the same linear head and data) at quick as the control
-DEFAULT_VARIANTS = ("icarl", "icarl:lr=0.1", "lwf")
+# shared lr 0.1, and LwF (CE, the same linear head and data) at quick as the control; then both at
+# 70 epochs, iCaRL's own phase-0 length (its milestones 49 and 63 follow from the fractions), to
+# separate the loss from the quick profile's shorter training
+DEFAULT_VARIANTS = ("icarl", "icarl:lr=0.1", "lwf", "icarl:epochs=70", "lwf:epochs=70")
 SCHEDULE_STUDY = "diagnostics/schedule_phase0"
 # 20 epochs (quick) is not among them: the Table 1 runs' phase 0 is that run (``table1_phase0_rows``)
 SCHEDULE_VARIANTS = ("lucir:epochs=40", "lucir:epochs=80", "lucir:epochs=160")
