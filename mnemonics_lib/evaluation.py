@@ -22,7 +22,7 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: 
     Inside ``steps.compiled_backbones`` (the trainer's evaluation on CPU) the full batches run the
     compiled code and the last, smaller one runs eagerly: no dynamic-shape graph for one batch."""
     if not len(x):
-        return x
+        return x[:0]  # an empty tensor (also for an empty streamed view)
     layout = preferred_memory_format(x.device)
     out = []
     for i in range(0, len(x), batch):

@@ -19,6 +19,7 @@ from .config import RunConfig
 from .evaluation import normalised_features
 from .memory import ExemplarMemory, herding_selection, random_selection
 from .pipeline import Normaliser, augment, batch_indices
+from .streaming import subset
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,8 @@ def _mnemonics(config, model, memory, ex_x, ex_y, new_x, new_y, chosen, norm, ge
         pad = norm.pixel_range[0]
         aug = lambda b: augment(b, generator, pad)  # noqa: E731
     held = heldout_split(new_y, chosen, config.mnemonics.heldout_fraction, cpu_generator)
-    real_x, real_y = new_x[~held], new_y[~held]
-    held_x, held_y = new_x[held], new_y[held]  # one copy, scored three times
+    real_x, real_y = subset(new_x, ~held), new_y[~held]
+    held_x, held_y = subset(new_x, held), new_y[held]  # one copy (a lazy view if streamed), scored three times
     if held.any():
         row["mnemonics_heldout_model"] = bilevel.heldout_loss(model, ex_x, ex_y, held_x, held_y, settings, inner=False)
         row["mnemonics_heldout_before"] = bilevel.heldout_loss(model, ex_x, ex_y, held_x, held_y, settings)

@@ -305,14 +305,27 @@ def resident_bytes(n_train: int, n_val: int, largest_phase: int, crop: int) -> i
     return (n_train + n_val) * px + largest_phase * px * 4
 
 
-def check_fits(data: ArrayData, largest_phase: int, crop: int, device: torch.device) -> None:
-    """Refuse, before any training, a folder dataset whose device-resident images exceed the GPU."""
-    if device.type != "cuda":
-        return
+def _need_and_have(data: ArrayData, largest_phase: int, crop: int, device: torch.device) -> tuple[int, int]:
     need = resident_bytes(len(data.y_train), len(data.y_test), largest_phase, crop)
-    have = torch.cuda.get_device_properties(device).total_memory
-    if need > 0.9 * have:
-        raise DatasetError(f"{data.name} at {crop} px needs {need / 2**30:.1f} GiB of device memory for its "
-                           f"images (uint8 splits + the float32 phase set) and {device} has "
-                           f"{have / 2**30:.1f} GiB; use a smaller crop (profile) or a GPU with more memory "
-                           f"(docs/imagenet.md, memory)")
+    return need, torch.cuda.get_device_properties(device).total_memory
+
+
+def fits(data: ArrayData, largest_phase: int, crop: int, device: torch.device) -> bool:
+    """Whether a folder dataset's device-resident images take at most 90 % of the GPU's memory
+    (always true off CUDA: host memory is the operating system's to page)."""
+    if device.type != "cuda":
+        return True
+    need, have = _need_and_have(data, largest_phase, crop, device)
+    return need <= 0.9 * have
+
+
+def check_fits(data: ArrayData, largest_phase: int, crop: int, device: torch.device) -> None:
+    """Refuse, before any training, a device-resident folder dataset whose images exceed the GPU."""
+    if fits(data, largest_phase, crop, device):
+        return
+    need, have = _need_and_have(data, largest_phase, crop, device)
+    raise DatasetError(f"{data.name} at {crop} px needs {need / 2**30:.1f} GiB of device memory for its "
+                       f"images (uint8 splits + the float32 phase set) and {device} has "
+                       f"{have / 2**30:.1f} GiB; stream it from host memory (MNEMONICS_RESIDENCY=host, "
+                       f"or auto, the default), use a smaller crop (profile) or a GPU with more memory "
+                       f"(docs/imagenet.md, memory)")

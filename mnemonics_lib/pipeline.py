@@ -1,7 +1,8 @@
 """The fast input pipeline for 32x32 data: tensors resident on the target device, batched
 augmentation there, no PIL and no per-image Python in the training loop.
 
-The dataset itself is held once as a uint8 NCHW tensor on the device (:class:`DeviceImages`).
+The dataset itself is held once as a uint8 NCHW tensor on the device (:class:`DeviceImages`;
+:mod:`mnemonics_lib.streaming` keeps it on the host instead, for sets the device cannot hold).
 A phase's training set (real images of the new classes plus the exemplar memory, which may hold
 float *mnemonics* pixels) is a float tensor in normalised input space; :func:`augment` applies the
 paper's random crop (padding 4) and horizontal flip to a whole batch at once.
@@ -13,6 +14,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+
+from .streaming import select_classes
 
 
 @dataclass
@@ -56,8 +59,12 @@ class DeviceImages:
 
     def select(self, classes: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """Indices of the images whose label is in ``classes``; (M,) int64."""
-        classes = torch.as_tensor(classes, device=self.y.device)
-        return torch.nonzero(torch.isin(self.y, classes)).flatten()
+        return select_classes(self.y, classes)
+
+    def normalised(self, idx: torch.Tensor, norm: Normaliser) -> torch.Tensor:
+        """The images at ``idx`` as one normalised float32 tensor (the streamed counterpart,
+        :meth:`mnemonics_lib.streaming.HostImages.normalised`, reads them lazily)."""
+        return norm(self.x[idx])
 
 
 def draw_augment(n: int, generator: torch.Generator, device: torch.device | str, padding: int = 4,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, folder_data, metrics, protocol
+from . import distributed, folder_data, metrics, protocol, streaming
 from .backbones import IncrementalNet, build_net, head_sizes
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import RunConfig
@@ -34,6 +34,7 @@ from .methods import Method, PhaseContext, get_method
 from .pipeline import (DeviceImages, Normaliser, ResizedCropFlip, augmented_batches, make_generator,
                        preferred_memory_format, tune_backends)
 from .provenance import leg_provenance
+from .streaming import HostImages, concat
 from .steps import bf16_autocast, compiled_backbones, compile_enabled, make_step
 
 log = logging.getLogger(__name__)
@@ -51,20 +52,36 @@ class Interrupted(RuntimeError):
 
 @dataclass
 class StudyData:
-    """A dataset in remapped label space, resident on the device."""
+    """A dataset in remapped label space, on the device or streamed from the host (``residency``)."""
 
-    train: DeviceImages
-    test: DeviceImages
+    train: DeviceImages | HostImages
+    test: DeviceImages | HostImages
     norm: Normaliser
     plan: protocol.PhasePlan
     order: np.ndarray
     augmenter: ResizedCropFlip | None = None  # None: the 32x32 sets' padded crop + flip
+    residency: str = "device"  # "host": the splits stay on the host (streaming.HostImages)
 
 
-def prepare_data(config: RunConfig, device: torch.device) -> StudyData:
+def data_residency(requested: str | None = None) -> str:
+    """``requested``, else ``$MNEMONICS_RESIDENCY``, else ``auto``; checked against the choices."""
+    value = requested or os.environ.get("MNEMONICS_RESIDENCY") or "auto"
+    if value not in streaming.RESIDENCIES:
+        raise ValueError(f"residency {value!r} is not one of {', '.join(streaming.RESIDENCIES)} "
+                         f"(set MNEMONICS_RESIDENCY or pass residency=)")
+    return value
+
+
+def prepare_data(config: RunConfig, device: torch.device, residency: str | None = None) -> StudyData:
     """The run's dataset on ``device`` in remapped labels. A folder dataset comes from its uint8
     cache (:mod:`folder_data`) at ``config.image.crop`` pixels, normalised with the ImageNet
-    statistics and augmented by a batched random-resized crop + flip (``augmenter``)."""
+    statistics and augmented by a batched random-resized crop + flip (``augmenter``).
+
+    ``residency`` (:func:`data_residency`): ``device`` holds the splits and each phase's training
+    set on the device; ``host`` keeps the uint8 splits on the host and streams batches
+    (:mod:`streaming`: the same values, so the same results, as the resident path); ``auto`` is
+    ``device`` where the folder set fits the device (:func:`folder_data.fits`), else ``host``."""
+    residency = data_residency(residency)
     augmenter = None
     if config.is_folder:
         data = folder_data.load_for_config(config)
@@ -77,16 +94,24 @@ def prepare_data(config: RunConfig, device: torch.device) -> StudyData:
     if config.train_per_class is not None:
         data = cap_per_class(data, config.train_per_class)
     order = protocol.class_order(config)
-    if config.is_folder:  # phase 0 (half the classes) is the largest float32 phase set
-        base = np.isin(data.y_train, order[:protocol.phase_plan(config).ends[0]])
-        folder_data.check_fits(data, int(base.sum()), config.image.crop, torch.device(device))
+    if config.is_folder and residency != "host":  # phase 0 (half the classes): the largest phase set
+        base = int(np.isin(data.y_train, order[:protocol.phase_plan(config).ends[0]]).sum())
+        if residency == "device":
+            folder_data.check_fits(data, base, config.image.crop, torch.device(device))
+        elif not folder_data.fits(data, base, config.image.crop, torch.device(device)):
+            residency = "host"
+            log.info("%s does not fit %s: streaming it from host memory", config.dataset, device)
+    if residency == "auto":
+        residency = "device"
+    split = HostImages if residency == "host" else DeviceImages
     return StudyData(
-        train=DeviceImages(data.x_train, protocol.remap_labels(data.y_train, order), device),
-        test=DeviceImages(data.x_test, protocol.remap_labels(data.y_test, order), device),
+        train=split(data.x_train, protocol.remap_labels(data.y_train, order), device),
+        test=split(data.x_test, protocol.remap_labels(data.y_test, order), device),
         norm=Normaliser.create(data.mean, data.std, device),
         plan=protocol.phase_plan(config),
         order=order,
         augmenter=augmenter,
+        residency=residency,
     )
 
 
@@ -225,7 +250,7 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
                     checkpoints: bool = True, stop_after_phase: int | None = None,
                     share_phase0: bool = True,
                     on_phase_end: Callable[[int, IncrementalNet, ExemplarMemory, StudyData], None] | None = None,
-                    checkpoint_dir: Path | None = None,
+                    checkpoint_dir: Path | None = None, residency: str | None = None,
                     ) -> dict[str, Any]:
     """Run every phase of ``config`` and return the metrics dict (results ledger schema).
 
@@ -233,11 +258,12 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
     that need the model or the exemplars, e.g. the t-SNE notebook, read them there). It runs
     before the phase's checkpoint is written, and not again for the phases a resumed run skips.
     ``checkpoint_dir``: where the phase checkpoints go (default: ``<checkpoint root>/runs/<hash>``).
+    ``residency``: where the images live (:func:`prepare_data`); it does not change the results.
     """
     device = torch.device(device) if device is not None else default_device()
     tune_backends(device)
     method = get_method(config.method)
-    data = prepare_data(config, device)
+    data = prepare_data(config, device, residency)
     plan = data.plan
     memory = ExemplarMemory()
     per_phase: list[dict[str, Any]] = []
@@ -270,15 +296,17 @@ def run_incremental(config: RunConfig, device: torch.device | str | None = None,
     legs.append({"first_phase": start, **leg_provenance()})
     if distributed.active():  # absent in one process, so its provenance reads as before
         legs[-1]["world_size"] = distributed.world()
+    if data.residency == "host":  # the same rule: recorded only where it departs from the default
+        legs[-1]["residency"] = "host"
     end = plan.num_phases if config.last_phase is None else config.last_phase + 1
     bar = tqdm(range(start, end), desc=f"{config.method}/{config.exemplars}", disable=None)
     for p in bar:
         t0 = time.perf_counter()
         new = plan.new_classes(p)
         idx = data.train.select(list(new))
-        new_x, new_y = data.norm(data.train.x[idx]), data.train.y[idx]
+        new_x, new_y = data.train.normalised(idx, data.norm), data.train.y[idx]
         mem_x, mem_y = memory.tensors()
-        train_x = torch.cat([new_x, mem_x.to(device)]) if len(mem_y) else new_x
+        train_x = concat(new_x, mem_x.to(device)) if len(mem_y) else new_x
         train_y = torch.cat([new_y, mem_y.to(device)]) if len(mem_y) else new_y
         if model is None:
             model = _build_model(config, method, plan.ends[0], device)
@@ -355,8 +383,8 @@ def _evaluate(config, method, ctx, data, memory, p) -> dict[str, Any]:
             compiled_backbones([ctx.model], compile_enabled(ctx.device)):
         return evaluate_phase(
             model=ctx.model, logits_fn=lambda b: method.logits(state, ctx.model, b),
-            test_x=data.norm(data.test.x[te]), test_y=data.test.y[te], memory=memory,
-            all_train=(data.norm(data.train.x[tr]), data.train.y[tr]), plan=data.plan, phase=p,
+            test_x=data.test.normalised(te, data.norm), test_y=data.test.y[te], memory=memory,
+            all_train=(data.train.normalised(tr, data.norm), data.train.y[tr]), plan=data.plan, phase=p,
             batch=config.schedule.eval_batch,
         )
 

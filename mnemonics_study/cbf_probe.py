@@ -129,7 +129,7 @@ def run_probe(config: RunConfig, device, phases: Sequence[int] | None = None, sa
         cap = captured[p]
         data, plan = cap["data"], cap["data"].plan
         idx = data.test.select(list(range(plan.ends[p])))
-        test_x, test_y = data.norm(data.test.x[idx]), data.test.y[idx]
+        test_x, test_y = data.test.normalised(idx, data.norm), data.test.y[idx]
         models = {"none": cap["model"]}
         models.update({v: finetune(config, p, cap, v, device) for v in VARIANTS})
         for name, model in models.items():

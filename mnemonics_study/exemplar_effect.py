@@ -54,7 +54,7 @@ def mnemonics_memory(config: RunConfig, phase: int, captured: dict[str, Any], be
     mn = dataclasses.replace(config.mnemonics, outer_lr=beta, old_lr=beta)
     mn_config = dataclasses.replace(config, exemplars="mnemonics", mnemonics=mn)
     idx = data.train.select(list(new))
-    new_x, new_y = data.norm(data.train.x[idx]), data.train.y[idx]
+    new_x, new_y = data.train.normalised(idx, data.norm), data.train.y[idx]
     per_class = protocol.exemplars_per_class(config, plan.seen_classes(phase))
     row = exemplar_stage(mn_config, copy.deepcopy(captured["model"]), memory, new_x, new_y, new, per_class,
                          data.norm, make_generator(cbf_probe.probe_seed(config, phase), device),
@@ -84,7 +84,7 @@ def run_probe(config: RunConfig, device, phases: Sequence[int], steps: Sequence[
         data, plan = cap["data"], cap["data"].plan
         n_old, n_seen = plan.starts[p], plan.ends[p]
         idx = data.test.select(list(range(n_seen)))
-        test_x, test_y = data.norm(data.test.x[idx]), data.test.y[idx]
+        test_x, test_y = data.test.normalised(idx, data.norm), data.test.y[idx]
         for beta in steps:
             memory, stage = (cap["memory"], {}) if beta is None else mnemonics_memory(config, p, cap, beta, device)
             change = stage.get("exemplar_change", {})

@@ -53,8 +53,8 @@ def _snapshot_phase(phase: int, model, memory, data) -> dict[str, Any]:
     keep_t = torch.as_tensor(np.concatenate(keep), device=y_all.device)
     seen_idx = data.train.select(list(range(n_seen)))
     # true class centres: every real training image of the seen classes (flip-averaged, as NME)
-    means = class_means(model, data.norm(data.train.x[seen_idx]), y_all[seen_idx], n_seen)
-    real_f = normalised_features(model, data.norm(data.train.x[keep_t]))
+    means = class_means(model, data.train.normalised(seen_idx, data.norm), y_all[seen_idx], n_seen)
+    real_f = normalised_features(model, data.train.normalised(keep_t, data.norm))
     real_y = y_all[keep_t]
     ex_x, ex_y = memory.tensors(list(range(n_seen)))
     ex_f = normalised_features(model, ex_x.to(means.device))

@@ -135,7 +135,7 @@ def run_probe(config: RunConfig, device, new_grid: Iterable[tuple[float, int]] =
     plan, norm = data.plan, data.norm
     new = list(plan.new_classes(p))
     idx = data.train.select(new)
-    new_x, new_y = data.norm(data.train.x[idx]), data.train.y[idx]
+    new_x, new_y = data.train.normalised(idx, data.norm), data.train.y[idx]
     per_class = config.memory_per_class
     rows = []
     for item in map(lambda t: grid_item(t, config), new_grid):
@@ -151,7 +151,7 @@ def run_probe(config: RunConfig, device, new_grid: Iterable[tuple[float, int]] =
     keep_old = old_y < plan.starts[p]
     old_x, old_y = old_x[keep_old], old_y[keep_old]
     ridx = data.train.select(list(range(plan.starts[p])))
-    real_x, real_y = data.norm(data.train.x[ridx]), data.train.y[ridx]
+    real_x, real_y = data.train.normalised(ridx, data.norm), data.train.y[ridx]
     for item in map(lambda t: grid_item(t, config), old_grid):
         s = probe_settings(config, item["beta"], item["K"], item["alpha"], item["inner_params"])
         rows.append({"program": "old", **item,

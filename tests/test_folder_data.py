@@ -292,6 +292,28 @@ def test_tiny_incremental_run_on_a_folder_tree(tiny_caltech, tmp_path, monkeypat
         assert rows[0]["exemplar_change"]["new"]["max"] > 0  # the pixels moved
 
 
+@pytest.mark.parametrize("method,exemplars", [("lucir", "mnemonics"), ("bic", "herding")])
+def test_a_run_streamed_from_host_memory_equals_the_resident_run(tiny_caltech, monkeypatch, method, exemplars):
+    """Streaming changes where the images live, not one number: LUCIR's head growth, BiC's
+    validation split, the mnemonics program and the evaluation all read the same values."""
+    from mnemonics_lib import trainer
+
+    monkeypatch.setenv("MNEMONICS_DATA", str(tiny_caltech))
+    monkeypatch.setenv("MNEMONICS_CACHE", str(tiny_caltech / "cache"))
+    cfg = make_config(dataset="caltech101_jpeg", profile="smoke", method=method, exemplars=exemplars,
+                      memory_per_class=2, last_phase=1, epochs_override=1, mnemonics={"real_batch": 32})
+    resident = trainer.run_incremental(cfg, "cpu", checkpoints=False, share_phase0=False, residency="device")
+    # auto chooses the host when the set does not fit the device (forced here: a CPU always fits)
+    monkeypatch.setattr(folder_data, "fits", lambda *a: False)
+    streamed = trainer.run_incremental(cfg, "cpu", checkpoints=False, share_phase0=False)
+    # compared as JSON: NaN (a phase group not yet seen) equals itself there
+    same = lambda out: json.dumps({k: v for k, v in out.items() if k not in ("legs", "wall_s_total")}  # noqa: E731
+                                  | {"per_phase": [{k: v for k, v in r.items() if k != "wall_s"}
+                                                   for r in out["per_phase"]]}, sort_keys=True)
+    assert same(streamed) == same(resident)
+    assert streamed["legs"][0]["residency"] == "host" and "residency" not in resident["legs"][0]
+
+
 def test_folder_run_refuses_a_short_class(tiny_caltech, tmp_path, monkeypatch):
     from mnemonics_lib.trainer import run_incremental
 
@@ -323,6 +345,8 @@ def test_resident_bytes_and_the_device_memory_check(monkeypatch):
     small = type("D", (), {"name": "imagenet_subset", "y_train": np.zeros(130_000), "y_test": np.zeros(5_000)})()
     folder_data.check_fits(small, 65_000, 224, torch.device("cuda"))  # 55.4 GiB of 80: fits
     big = type("D", (), {"name": "imagenet", "y_train": np.zeros(1_281_167), "y_test": np.zeros(50_000)})()
-    with pytest.raises(DatasetError, match=r"needs 5\d\d\.\d GiB .* has 80\.0 GiB"):
+    assert folder_data.fits(small, 65_000, 224, torch.device("cuda"))
+    assert not folder_data.fits(big, 640_000, 224, torch.device("cuda"))
+    with pytest.raises(DatasetError, match=r"needs 5\d\d\.\d GiB .* has 80\.0 GiB; stream it from host memory"):
         folder_data.check_fits(big, 640_000, 224, torch.device("cuda"))
     folder_data.check_fits(big, 640_000, 224, torch.device("cpu"))  # host memory is not checked

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE, STUDY, TOOLS = "mnemonics_lib", "mnemonics_study", "tools"
 PACKAGES = (ENGINE, STUDY, TOOLS)
-ENGINE_MAX_LINES = 4_750  # 4,721 with the CPU compile probe (compile_probe.py) and cosinekd
+ENGINE_MAX_LINES = 4_970  # 4,939 with host streaming (streaming.py), the CPU compile probe and cosinekd
 
 
 def _module_name(path: Path) -> str:
@@ -132,7 +132,7 @@ def test_the_engine_stays_thin():
     files = sorted((ROOT / ENGINE).glob("*.py")) + sorted((ROOT / ENGINE / "methods").glob("*.py"))
     lines = sum(len(p.read_text(encoding="utf-8").splitlines()) for p in files)
     assert lines <= ENGINE_MAX_LINES, (
-        f"mnemonics_lib has {lines} lines (bound {ENGINE_MAX_LINES}; 4,721 with the compile probe "
+        f"mnemonics_lib has {lines} lines (bound {ENGINE_MAX_LINES}; 4,939 with host streaming, the compile probe "
         f"and cosinekd): keep the engine the engine, and put study or tool code in "
         f"mnemonics_study/ or tools/")
 

@@ -29,7 +29,9 @@ class PhaseContext:
     n_seen: int  # classes seen after this phase
     model: IncrementalNet
     old_model: IncrementalNet | None
-    train_x: torch.Tensor  # (N, 3, H, W) float normalised: new-class data + exemplars
+    # (N, 3, H, W) float normalised: new-class data + exemplars; a streaming.StreamedImages view
+    # when the dataset stays on the host (index it for tensors; streaming.subset keeps it lazy)
+    train_x: torch.Tensor
     train_y: torch.Tensor  # (N,)
     device: torch.device
     generator: torch.Generator

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..streaming import subset
 from .base import Method, PhaseContext, distillation
 
 
@@ -60,7 +61,7 @@ class BiC(Method):
         keep = torch.ones(len(ctx.train_y), dtype=torch.bool, device=ctx.train_y.device)
         keep[val] = False
         ctx.state["bic_val"] = (ctx.train_x[val], ctx.train_y[val])
-        ctx.train_x, ctx.train_y = ctx.train_x[keep], ctx.train_y[keep]
+        ctx.train_x, ctx.train_y = subset(ctx.train_x, keep), ctx.train_y[keep]
 
     def loss(self, ctx: PhaseContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         layers = ctx.state.get("bic_layers", [])  # the earlier phases' layers, frozen

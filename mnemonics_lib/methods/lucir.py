@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
+from ..streaming import subset
 from .base import Method, PhaseContext
 
 
@@ -35,7 +36,7 @@ class LUCIR(Method):
             return
         head, model = ctx.model.head, ctx.model
         model.eval()
-        new_x = ctx.train_x[ctx.train_y >= ctx.n_old]
+        new_x = subset(ctx.train_x, ctx.train_y >= ctx.n_old)
         new_y = ctx.train_y[ctx.train_y >= ctx.n_old]
         feats = torch.cat([F.normalize(model.features(new_x[i:i + 512]).float(), dim=1)
                            for i in range(0, len(new_x), 512)])
