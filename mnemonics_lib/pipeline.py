@@ -15,8 +15,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .streaming import select_classes
-
 
 @dataclass
 class Normaliser:
@@ -45,6 +43,12 @@ class Normaliser:
     def pixel_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised values of pixel 0 and pixel 1, (1, 3, 1, 1) each."""
         return (-self.mean / self.std, (1 - self.mean) / self.std)
+
+
+def select_classes(y: torch.Tensor, classes: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """Indices of the labels in ``y`` that are in ``classes``; (M,) int64 on y's device."""
+    classes = torch.as_tensor(classes, device=y.device)
+    return torch.nonzero(torch.isin(y, classes)).flatten()
 
 
 class DeviceImages:

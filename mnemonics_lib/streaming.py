@@ -21,13 +21,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .pipeline import select_classes
+
 RESIDENCIES = ("auto", "device", "host")
-
-
-def select_classes(y: torch.Tensor, classes: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """Indices of the labels in ``y`` that are in ``classes``; (M,) int64 on y's device."""
-    classes = torch.as_tensor(classes, device=y.device)
-    return torch.nonzero(torch.isin(y, classes)).flatten()
 
 
 class HostImages:
@@ -119,23 +115,18 @@ class StreamedImages:
         """The images at ``key`` as a contiguous float32 tensor on the device."""
         rows = self.rows[self._positions(key)]
         host = rows >= 0
-        out = None
-        if bool(host.any()):
-            got = self._read(rows[host].numpy())
-            if bool(host.all()):
-                out = got
-            else:
-                out = torch.empty((len(rows), *self.shape[1:]), dtype=self.dtype, device=self.device)
-                out[host.to(self.device)] = got
-        if not bool(host.all()):
-            picked = self.extra[(-1 - rows[~host]).to(self.extra.device)].to(self.device, self.dtype)
-            if out is None:
-                out = picked
-            else:
-                out[(~host).to(self.device)] = picked
-        if out is None:  # an empty selection: its shape only
-            out = torch.empty((0, *self.shape[1:]), dtype=self.dtype, device=self.device)
+        if bool(host.all()):  # also an empty selection: _read gives its shape
+            out = self._read(rows.numpy())
+        elif not bool(host.any()):
+            out = self._extra(rows)
+        else:
+            out = torch.empty((len(rows), *self.shape[1:]), dtype=self.dtype, device=self.device)
+            out[host.to(self.device)] = self._read(rows[host].numpy())
+            out[(~host).to(self.device)] = self._extra(rows[~host])
         return out.flip(3) if self.flipped else out
+
+    def _extra(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.extra[(-1 - rows).to(self.extra.device)].to(self.device, self.dtype)
 
     def _read(self, rows: np.ndarray) -> torch.Tensor:
         # rows read in ascending order (sequential within a memory-mapped file), then put back
